@@ -1,0 +1,386 @@
+#include "worker/trainer/train.h"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "worker/trainer/checkpoint.h"
+#include "worker/trainer/data.h"
+#include "worker/trainer/model.h"
+#include "worker/trainer/optimizer.h"
+#include "worker/trainer/schedule.h"
+
+namespace sweep::trainer {
+namespace fs = std::filesystem;
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+std::string UtcNow() {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  const auto micros =
+      std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() %
+      1000000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lld+00:00",
+                tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<long long>(micros));
+  return buf;
+}
+
+// One JSON object per line, flushed at once so a reader tailing the file sees every step.
+class MetricsWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<MetricsWriter>> Open(const std::string& path) {
+    if (path == "-") return std::unique_ptr<MetricsWriter>(new MetricsWriter(stdout, false));
+    FILE* file = std::fopen(path.c_str(), "a");
+    if (file == nullptr) {
+      return absl::InternalError(absl::StrCat("cannot open metrics file ", path, ": ",
+                                              std::strerror(errno)));
+    }
+    return std::unique_ptr<MetricsWriter>(new MetricsWriter(file, true));
+  }
+  ~MetricsWriter() {
+    if (owned_) std::fclose(file_);
+  }
+
+  absl::Status Write(nlohmann::json record) {
+    record["created_at"] = UtcNow();
+    const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
+      return absl::InternalError(absl::StrCat("cannot write metrics: ", std::strerror(errno)));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  MetricsWriter(FILE* file, bool owned) : file_(file), owned_(owned) {}
+  FILE* const file_;
+  const bool owned_;
+};
+
+std::string NonFiniteName(double v) {
+  if (std::isnan(v)) return "nan";
+  return v > 0 ? "inf" : "-inf";
+}
+
+// (B, S + 1) windows -> int64 tensor on `device`.
+torch::Tensor ToTensor(const std::vector<int64_t>& tokens, int batch, int seq_len,
+                       torch::Device device) {
+  return torch::from_blob(const_cast<int64_t*>(tokens.data()), {batch, seq_len + 1}, torch::kInt64)
+      .to(device, /*non_blocking=*/false, /*copy=*/true);
+}
+
+// Mean cross-entropy over eval.steps validation batches, read from the start each time.
+absl::StatusOr<double> Evaluate(const TrainConfig& config, Transformer& model,
+                                torch::Device device) {
+  absl::StatusOr<std::unique_ptr<BatchIterator>> val =
+      BatchIterator::Open(config.data, static_cast<uint64_t>(config.DataSeed()), Split::kVal);
+  if (!val.ok()) return val.status();
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> tokens;
+  double total = 0;
+  for (int i = 0; i < config.eval.steps; ++i) {
+    absl::Status s = (*val)->Next(&tokens);
+    if (!s.ok()) return s;
+    torch::Tensor window = ToTensor(tokens, config.data.batch_size, config.data.seq_len, device);
+    const int64_t seq_len = config.data.seq_len;
+    torch::Tensor logits = model.Forward(window.narrow(1, 0, seq_len), nullptr);
+    torch::Tensor loss = torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
+                                                   window.narrow(1, 1, seq_len).reshape({-1}));
+    total += loss.item<double>();
+  }
+  return total / config.eval.steps;
+}
+
+// Whether a validation split exists for every source (folders with *.val.jsonl).
+bool HasValidationData(const TrainConfig& config) {
+  return BatchIterator::Open(config.data, 0, Split::kVal).ok();
+}
+
+}  // namespace
+
+void RequestStop(int signal_number) { g_stop_signal.store(signal_number); }
+
+void InstallStopSignalHandlers() {
+  struct sigaction action {};
+  action.sa_handler = [](int sig) { RequestStop(sig); };
+  sigemptyset(&action.sa_mask);
+  for (int sig : {SIGTERM, SIGUSR2, SIGINT}) sigaction(sig, &action, nullptr);
+}
+
+absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions& options) {
+  if (absl::Status s = ValidateTrainConfig(config); !s.ok()) return s;
+  torch::Device device(torch::kCPU);
+  if (config.device == "cuda") {
+    if (!torch::cuda::is_available()) {
+      return absl::InvalidArgumentError(
+          "device: 'cuda' asked for, but this LibTorch has no CUDA or no GPU is visible");
+    }
+    device = torch::Device(torch::kCUDA);
+  }
+  const int threads =
+      config.threads > 0 ? config.threads : static_cast<int>(std::thread::hardware_concurrency());
+  at::set_num_threads(std::max(1, threads));
+
+  std::error_code ec;
+  fs::create_directories(config.dump_dir, ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("dump_dir: cannot create ", config.dump_dir, ": ",
+                                            ec.message()));
+  }
+  {
+    std::ofstream out(fs::path(config.dump_dir) / "config.yaml");
+    out << TrainConfigToYaml(config);
+  }
+  const std::string checkpoints_dir = (fs::path(config.dump_dir) / "checkpoints").string();
+
+  // Data first: a missing corpus is the most common mistake and costs nothing to report.
+  absl::StatusOr<std::unique_ptr<BatchIterator>> train_data =
+      BatchIterator::Open(config.data, static_cast<uint64_t>(config.DataSeed()), Split::kTrain);
+  if (!train_data.ok()) return train_data.status();
+  BatchIterator& data = **train_data;
+  const bool has_val = HasValidationData(config);
+  if (config.eval.every > 0 && !has_val) {
+    return absl::InvalidArgumentError(
+        "eval.every: the sources have no validation split (*.val.jsonl); set eval.every: 0");
+  }
+
+  const int vocab_size = config.model.vocab_size > 0 ? config.model.vocab_size
+                                                     : ByteTokenizer::kVocabSize;
+  Transformer model(config.model, vocab_size, config.data.seq_len, device);
+  model.InitWeights(config.ModelSeed());
+  AdamW optimizer(model.flat_params(), model.flat_grads(), config.optim);
+  TrainProgress progress;
+
+  // Resume: an explicit checkpoint must exist; otherwise pick up <dump_dir>/checkpoints.
+  std::string resumed_from;
+  if (!options.resume.empty()) {
+    absl::StatusOr<std::string> found = FindLatestCheckpoint(options.resume);
+    if (!found.ok()) return found.status();
+    resumed_from = *found;
+  } else if (absl::StatusOr<std::string> found = FindLatestCheckpoint(checkpoints_dir); found.ok()) {
+    resumed_from = *found;
+  }
+  if (!resumed_from.empty()) {
+    if (absl::Status s = LoadCheckpoint(resumed_from, model, optimizer, &progress); !s.ok()) return s;
+    if (absl::Status s = data.Restore(progress.data); !s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(resumed_from, ": cannot restore the data position: ", s.message()));
+    }
+  }
+
+  const std::string metrics_path = options.metrics_path.empty()
+                                       ? (fs::path(config.dump_dir) / "metrics.jsonl").string()
+                                       : options.metrics_path;
+  absl::StatusOr<std::unique_ptr<MetricsWriter>> metrics = MetricsWriter::Open(metrics_path);
+  if (!metrics.ok()) return metrics.status();
+  std::unique_ptr<FILE, int (*)(FILE*)> batch_dump(nullptr, &std::fclose);
+  if (!options.dump_batches_path.empty()) {
+    batch_dump.reset(std::fopen(options.dump_batches_path.c_str(), resumed_from.empty() ? "wb" : "ab"));
+    if (!batch_dump) {
+      return absl::InternalError(absl::StrCat("cannot open ", options.dump_batches_path));
+    }
+  }
+
+  spdlog::info("model: {} parameters ({} non-embedding), {} layers, dim {}, {} threads",
+               model.num_params(), model.num_non_embedding_params(), config.model.n_layers,
+               config.model.dim, at::get_num_threads());
+  if (!resumed_from.empty()) {
+    spdlog::info("resumed from {} at step {}", resumed_from, progress.step);
+    if (absl::Status s = (*metrics)->Write({{"event", "resumed"},
+                                            {"global_step", progress.step},
+                                            {"checkpoint", resumed_from}});
+        !s.ok()) {
+      return s;
+    }
+  }
+
+  auto save = [&]() -> absl::StatusOr<std::string> {
+    progress.data = data.State();
+    return SaveCheckpoint(checkpoints_dir, model, optimizer, progress, config,
+                          config.checkpoint.keep);
+  };
+  auto diverged = [&](int64_t step, const std::string& reason, double value) -> TrainOutcome {
+    spdlog::error("diverged at step {}: {} ({})", step, reason, value);
+    nlohmann::json event = {{"event", "diverged"}, {"global_step", step}, {"reason", reason}};
+    if (std::isfinite(value)) {
+      event["value"] = value;
+    } else {
+      event["value"] = NonFiniteName(value);  // JSON has no NaN or Inf.
+    }
+    (void)(*metrics)->Write(std::move(event));
+    return TrainOutcome::kDiverged;
+  };
+  const double max_loss = config.divergence.loss_factor * std::log(static_cast<double>(vocab_size));
+
+  const int batch = config.data.batch_size;
+  const int seq_len = config.data.seq_len;
+  const int64_t tokens_per_step = static_cast<int64_t>(batch) * seq_len * config.grad_acc_steps;
+  const auto& group_names = model.group_names();
+  const auto& group_ranges = model.group_ranges();
+  std::vector<int64_t> tokens;
+  int64_t tokens_since_log = 0;
+  Clock::time_point last_log = Clock::now();
+  int64_t last_saved = -1, last_eval = -1;
+  std::string last_checkpoint;
+
+  while (progress.step < config.steps) {
+    if (int sig = g_stop_signal.load(); sig != 0) {
+      absl::StatusOr<std::string> path = save();
+      if (!path.ok()) return path.status();
+      spdlog::warn("signal {}: checkpoint {} written, stopping", sig, *path);
+      if (absl::Status s = (*metrics)->Write({{"event", "preempted"},
+                                              {"global_step", progress.step},
+                                              {"signal", sig},
+                                              {"checkpoint", *path}});
+          !s.ok()) {
+        return s;
+      }
+      return TrainOutcome::kPreempted;
+    }
+    const int64_t global_step = progress.step + 1;
+    const Clock::time_point step_start = Clock::now();
+    const bool probe = config.probe_freq > 0 && global_step % config.probe_freq == 0;
+    ForwardProbes probes;
+    double loss_sum = 0, z_sum = 0;
+
+    model.ZeroGrad();
+    for (int micro = 0; micro < config.grad_acc_steps; ++micro) {
+      if (absl::Status s = data.Next(&tokens); !s.ok()) return s;
+      if (batch_dump) std::fwrite(tokens.data(), sizeof(int64_t), tokens.size(), batch_dump.get());
+      torch::Tensor window = ToTensor(tokens, batch, seq_len, device);
+      torch::Tensor input = window.narrow(1, 0, seq_len);   // (B, S)
+      torch::Tensor target = window.narrow(1, 1, seq_len);  // (B, S)
+      const bool probe_now = probe && micro == 0;
+      torch::Tensor logits = model.Forward(input, probe_now ? &probes : nullptr);  // (B, S, V)
+      torch::Tensor flat_logits = logits.reshape({-1, logits.size(-1)});
+      torch::Tensor ce = torch::cross_entropy_loss(flat_logits, target.reshape({-1}));
+      torch::Tensor loss = ce;
+      if (config.optim.z_loss > 0 || probe_now) {
+        torch::Tensor lse = torch::logsumexp(flat_logits, -1);  // (B·S)
+        if (probe_now) probes.output_logsumexp_mean = lse.detach().mean().item<double>();
+        if (config.optim.z_loss > 0) {
+          torch::Tensor z = lse.pow(2).mean();
+          loss = ce + config.optim.z_loss * z;
+          z_sum += z.item<double>();
+        }
+      }
+      (loss / config.grad_acc_steps).backward();
+      const double ce_value = ce.item<double>();
+      if (!std::isfinite(ce_value)) return diverged(global_step, "non-finite loss", ce_value);
+      loss_sum += ce_value;
+    }
+    const double loss_value = loss_sum / config.grad_acc_steps;
+    if (max_loss > 0 && loss_value > max_loss) {
+      return diverged(global_step,
+                      absl::StrCat("loss above divergence.loss_factor x ln(vocab_size) = ", max_loss),
+                      loss_value);
+    }
+
+    // Pre-clip norms: one per group, the total from them (Σ group² = total²).
+    torch::Tensor grads = model.flat_grads();
+    std::vector<torch::Tensor> norms;
+    norms.reserve(group_ranges.size());
+    for (const auto& [offset, numel] : group_ranges) norms.push_back(grads.narrow(0, offset, numel).norm());
+    torch::Tensor group_norms = torch::stack(norms).to(torch::kCPU, torch::kDouble);
+    const double* gn = group_norms.data_ptr<double>();
+    double total_sq = 0;
+    for (size_t i = 0; i < group_ranges.size(); ++i) total_sq += gn[i] * gn[i];
+    const double grad_norm = std::sqrt(total_sq);
+    if (!std::isfinite(grad_norm)) return diverged(global_step, "non-finite gradient norm", grad_norm);
+    if (config.optim.clip > 0) {
+      const double coef = config.optim.clip / (grad_norm + 1e-6);
+      if (coef < 1.0) grads.mul_(coef);
+    }
+    const double lr = LearningRateForStep(config.optim, global_step, config.steps);
+    const double decay =
+        config.optim.independent_wd
+            ? LrFactor(config.optim, global_step - 1, config.steps) * config.optim.weight_decay
+            : lr * config.optim.weight_decay;
+    optimizer.Step(lr, decay);
+    progress.step = global_step;
+    progress.total_tokens += tokens_per_step;
+    tokens_since_log += tokens_per_step;
+    const double step_seconds = Seconds(step_start);
+
+    if (global_step % config.logging.freq == 0) {
+      const double elapsed = Seconds(last_log);
+      nlohmann::json record = {
+          {"global_step", global_step},
+          {"acc_step", 0},
+          {"loss/out", loss_value},
+          {"optim/grad_norm", grad_norm},
+          {"optim/lr", lr},
+          {"optim/total_tokens", progress.total_tokens},
+          {"optim/param_norm", model.flat_params().detach().norm().item<double>()},
+          {"speed/wps", tokens_since_log / std::max(elapsed, 1e-9)},
+          {"speed/curr_iter_time", step_seconds},
+      };
+      if (config.optim.z_loss > 0) record["loss/z"] = z_sum / config.grad_acc_steps;
+      for (size_t i = 0; i < group_names.size(); ++i) record["grad_norm/" + group_names[i]] = gn[i];
+      if (probe) {
+        for (size_t i = 0; i < probes.attn_logit_max.size(); ++i) {
+          record[absl::StrCat("probe/layers.", i, ".attn_logit_max")] = probes.attn_logit_max[i];
+        }
+        record["probe/output_logsumexp"] = probes.output_logsumexp_mean;
+      }
+      if (absl::Status s = (*metrics)->Write(std::move(record)); !s.ok()) return s;
+      spdlog::info("step {:>6}/{}  loss {:.4f}  grad {:.3e}  lr {:.3e}  wps {:.0f}", global_step,
+                   config.steps, loss_value, grad_norm, lr, tokens_since_log / std::max(elapsed, 1e-9));
+      tokens_since_log = 0;
+      last_log = Clock::now();
+    }
+    if (config.eval.every > 0 && global_step % config.eval.every == 0) {
+      absl::StatusOr<double> val = Evaluate(config, model, device);
+      if (!val.ok()) return val.status();
+      if (absl::Status s = (*metrics)->Write({{"global_step", global_step}, {"loss/val", *val}}); !s.ok()) return s;
+      spdlog::info("step {:>6}  val loss {:.4f}", global_step, *val);
+      last_eval = global_step;
+    }
+    if (config.checkpoint.every > 0 && global_step % config.checkpoint.every == 0) {
+      absl::StatusOr<std::string> path = save();
+      if (!path.ok()) return path.status();
+      last_saved = global_step;
+      last_checkpoint = *path;
+    }
+  }
+
+  nlohmann::json done = {{"event", "completed"}, {"global_step", progress.step}};
+  if (has_val && last_eval != progress.step) {
+    absl::StatusOr<double> val = Evaluate(config, model, device);
+    if (!val.ok()) return val.status();
+    if (absl::Status s = (*metrics)->Write({{"global_step", progress.step}, {"loss/val", *val}}); !s.ok()) return s;
+    spdlog::info("final val loss {:.4f}", *val);
+  }
+  if (last_saved != progress.step) {
+    absl::StatusOr<std::string> path = save();
+    if (!path.ok()) return path.status();
+    last_checkpoint = *path;
+  }
+  done["checkpoint"] = last_checkpoint;
+  if (absl::Status s = (*metrics)->Write(std::move(done)); !s.ok()) return s;
+  return TrainOutcome::kCompleted;
+}
+
+}  // namespace sweep::trainer
