@@ -6,7 +6,10 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -88,6 +91,13 @@ int Main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // LibTorch's OpenMP threads spin after each parallel region while OpenBLAS's own threads
+  // wait for the same cores: on 2 cores that halves throughput (measured, docs/benchmarks.md).
+  // libgomp reads OMP_WAIT_POLICY when it loads, so set it and restart this process once.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);  // Only returns on failure; then run as we are.
+  }
   // Human-readable progress goes to stderr; stdout stays free for `--metrics -`.
   spdlog::set_default_logger(spdlog::stderr_color_mt("sweep-train"));
   spdlog::set_pattern("[%H:%M:%S.%e] %^%l%$ %v");

@@ -114,8 +114,7 @@ Transformer::Transformer(const ModelArgs& args, int vocab_size, int max_seq_len,
                            static_cast<double>(head_dim_));
   torch::Tensor t = torch::arange(max_seq_len);
   freqs = torch::outer(t, freqs).to(torch::kFloat32);
-  rope_cos_ = freqs.cos().view({1, max_seq_len, 1, head_dim_ / 2}).to(device);
-  rope_sin_ = freqs.sin().view({1, max_seq_len, 1, head_dim_ / 2}).to(device);
+  rope_ = torch::complex(freqs.cos(), freqs.sin()).view({1, max_seq_len, 1, head_dim_ / 2}).to(device);
 }
 
 int64_t Transformer::num_non_embedding_params() const {
@@ -166,16 +165,14 @@ torch::Tensor Transformer::RmsNorm(const torch::Tensor& x, const torch::Tensor& 
 }
 
 torch::Tensor Transformer::ApplyRope(const torch::Tensor& x) const {
-  // x: (B, S, H, D); rotate interleaved pairs (2i, 2i+1) by position · freq_i.
+  // x: (B, S, H, D); rotate interleaved pairs (2i, 2i+1) by position · freq_i. As complex
+  // numbers that is one multiplication: (x0 + i·x1)(cos + i·sin)
+  //   = (x0·cos − x1·sin) + i·(x0·sin + x1·cos), Lingua's rotation matrix applied per pair.
   const int64_t seq_len = x.size(1);
-  torch::Tensor pairs = x.reshape({x.size(0), seq_len, x.size(2), head_dim_ / 2, 2});
-  torch::Tensor x0 = pairs.select(-1, 0);  // (B, S, H, D/2)
-  torch::Tensor x1 = pairs.select(-1, 1);
-  torch::Tensor cos = rope_cos_.narrow(1, 0, seq_len);
-  torch::Tensor sin = rope_sin_.narrow(1, 0, seq_len);
-  torch::Tensor out0 = x0 * cos - x1 * sin;
-  torch::Tensor out1 = x0 * sin + x1 * cos;
-  return torch::stack({out0, out1}, -1).flatten(3);  // (B, S, H, D)
+  torch::Tensor pairs = torch::view_as_complex(
+      x.reshape({x.size(0), seq_len, x.size(2), head_dim_ / 2, 2}));  // (B, S, H, D/2) complex
+  torch::Tensor rotated = pairs * rope_.narrow(1, 0, seq_len);
+  return torch::view_as_real(rotated).flatten(3);  // (B, S, H, D)
 }
 
 const torch::Tensor& Transformer::CausalMask(int64_t seq_len) {
@@ -192,11 +189,12 @@ torch::Tensor Transformer::Attention(const Layer& layer, const torch::Tensor& x,
   const int64_t bsz = x.size(0), seq_len = x.size(1);
   const int64_t n_heads = args_.n_heads;
   const int64_t q_width = n_heads * head_dim_, kv_width = n_kv_heads_ * head_dim_;
-  torch::Tensor qkv = torch::matmul(x, layer.wqkv.t());  // (B, S, (H + 2K)·D)
-  torch::Tensor q = qkv.narrow(-1, 0, q_width).view({bsz, seq_len, n_heads, head_dim_});
-  torch::Tensor k = qkv.narrow(-1, q_width, kv_width).view({bsz, seq_len, n_kv_heads_, head_dim_});
-  torch::Tensor v =
-      qkv.narrow(-1, q_width + kv_width, kv_width).view({bsz, seq_len, n_kv_heads_, head_dim_});
+  // One projection for q, k and v; split() (not narrow()) so the backward is a single cat.
+  std::vector<torch::Tensor> qkv =
+      torch::matmul(x, layer.wqkv.t()).split_with_sizes({q_width, kv_width, kv_width}, -1);
+  torch::Tensor q = qkv[0].view({bsz, seq_len, n_heads, head_dim_});  // (B, S, H, D)
+  torch::Tensor k = qkv[1].view({bsz, seq_len, n_kv_heads_, head_dim_});
+  torch::Tensor v = qkv[2].view({bsz, seq_len, n_kv_heads_, head_dim_});
   if (layer.q_norm.defined()) {
     q = RmsNorm(q, layer.q_norm);
     k = RmsNorm(k, layer.k_norm);
@@ -227,10 +225,8 @@ torch::Tensor Transformer::Attention(const Layer& layer, const torch::Tensor& x,
 }
 
 torch::Tensor Transformer::FeedForward(const Layer& layer, const torch::Tensor& x) const {
-  torch::Tensor x13 = torch::matmul(x, layer.w13.t());  // (B, S, 2·hidden)
-  torch::Tensor x1 = x13.narrow(-1, 0, hidden_dim_);
-  torch::Tensor x3 = x13.narrow(-1, hidden_dim_, hidden_dim_);
-  return torch::matmul(torch::silu(x1) * x3, layer.w2.t());  // (B, S, dim)
+  std::vector<torch::Tensor> x13 = torch::matmul(x, layer.w13.t()).chunk(2, -1);  // 2 x (B, S, hidden)
+  return torch::matmul(torch::silu(x13[0]) * x13[1], layer.w2.t());  // (B, S, dim)
 }
 
 torch::Tensor Transformer::Forward(const torch::Tensor& tokens, ForwardProbes* probes) {

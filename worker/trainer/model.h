@@ -110,8 +110,8 @@ class Transformer {
   torch::Tensor norm_;    // (dim)
   torch::Tensor output_;  // (V, dim); undefined when tied to tok_embeddings_.
 
-  torch::Tensor rope_cos_, rope_sin_;  // (1, max_seq_len, 1, head_dim / 2)
-  torch::Tensor causal_mask_;          // (S, S): 0 on and below the diagonal, -inf above.
+  torch::Tensor rope_;         // (1, max_seq_len, 1, head_dim / 2) complex: cos + i·sin
+  torch::Tensor causal_mask_;  // (S, S): 0 on and below the diagonal, -inf above.
 };
 
 }  // namespace sweep::trainer

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package sweep needs, builds it and prepares the bundled corpus.
+# Idempotent and non-interactive; run as root (or with sudo) on a fresh Debian 12 machine.
+#
+#   tools/setup.sh                 # packages, build (./build), corpus
+#   tools/setup.sh --no-build      # packages and corpus only
+#   BUILD_DIR=out/b tools/setup.sh # another build folder
+#
+# The corpus goes to $SWEEP_DATA_DIR, else $XDG_DATA_HOME/sweep/data, else
+# ~/.local/share/sweep/data: the default data.root_dir of sweep-train.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+build=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-build) build=0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+packages=(
+  # toolchain
+  g++ cmake ninja-build pkg-config git
+  # the trainer: LibTorch (CPU) and an optimised BLAS. Without libopenblas0-pthread LibTorch
+  # falls back to the reference BLAS and trains ~8x slower.
+  libtorch-dev libopenblas0-pthread
+  # libraries: config, CLI, JSON, status, logging, tests
+  libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libabsl-dev libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev
+  # the PyTorch reference (tools/reference) and the benchmark
+  python3 python3-torch python3-yaml python3-numpy
+  # the bundled corpus: the King James Bible
+  bible-kjv
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup.sh: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup.sh: all ${#packages[@]} Debian packages present"
+fi
+
+if ((build)); then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  cmake --build "$BUILD_DIR" -j "$(nproc)"
+  data_root=${SWEEP_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/sweep/data}
+  if [ -s "$data_root/kjv/kjv.chunk.00.jsonl" ] && [ -s "$data_root/kjv/kjv.val.jsonl" ]; then
+    echo "setup.sh: corpus present in $data_root/kjv"
+  else
+    "$BUILD_DIR/sweep-prepare-data" kjv --out "$data_root"
+  fi
+fi
