@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "worker/trainer/fused_ops.h"
+
 namespace sweep::trainer {
 
 int FeedForwardHiddenDim(const ModelArgs& args) {
@@ -75,7 +77,9 @@ Transformer::Transformer(const ModelArgs& args, int vocab_size, int max_seq_len,
     const std::string prefix = "layers." + std::to_string(i);
     begin_group(prefix + ".attention");
     declare(&layer.attention_norm, prefix + ".attention_norm.weight", {dim});
-    declare(&layer.wqkv, prefix + ".attention.wqkv.weight", {q_rows + 2 * kv_rows, dim});
+    declare(&layer.wq, prefix + ".attention.wq.weight", {q_rows, dim});
+    declare(&layer.wk, prefix + ".attention.wk.weight", {kv_rows, dim});
+    declare(&layer.wv, prefix + ".attention.wv.weight", {kv_rows, dim});
     declare(&layer.wo, prefix + ".attention.wo.weight", {dim, q_rows});
     if (args.qk_norm) {
       declare(&layer.q_norm, prefix + ".attention.q_norm.weight", {head_dim_});
@@ -83,7 +87,8 @@ Transformer::Transformer(const ModelArgs& args, int vocab_size, int max_seq_len,
     }
     begin_group(prefix + ".feed_forward");
     declare(&layer.ffn_norm, prefix + ".ffn_norm.weight", {dim});
-    declare(&layer.w13, prefix + ".feed_forward.w13.weight", {2 * hidden_dim_, dim});
+    declare(&layer.w1, prefix + ".feed_forward.w1.weight", {hidden_dim_, dim});
+    declare(&layer.w3, prefix + ".feed_forward.w3.weight", {hidden_dim_, dim});
     declare(&layer.w2, prefix + ".feed_forward.w2.weight", {dim, hidden_dim_});
   }
   begin_group("norm");
@@ -131,17 +136,15 @@ void Transformer::InitWeights(int64_t seed) {
   TruncNormal(tok_embeddings_, s0, -3 * s0, 3 * s0);
   if (output_.defined()) TruncNormal(output_, s0, -3 * s0, 3 * s0);
 
-  const int64_t q_rows = static_cast<int64_t>(args_.n_heads) * head_dim_;
-  const int64_t kv_rows = static_cast<int64_t>(n_kv_heads_) * head_dim_;
   for (int depth = 0; depth < args_.n_layers; ++depth) {
     Layer& layer = layers_[depth];
     const double factor = DepthFactor(args_.init_std_factor, depth, args_.n_layers, args_.dim);
     // Attention.reset_parameters: wq, wk, wv at s; wo at s / factor (bounds stay ±3s, as
     // Lingua writes them).
     const double s = args_.init_base_std > 0 ? args_.init_base_std : std::pow(dim, -0.5);
-    TruncNormal(layer.wqkv.narrow(0, 0, q_rows), s, -3 * s, 3 * s);
-    TruncNormal(layer.wqkv.narrow(0, q_rows, kv_rows), s, -3 * s, 3 * s);
-    TruncNormal(layer.wqkv.narrow(0, q_rows + kv_rows, kv_rows), s, -3 * s, 3 * s);
+    TruncNormal(layer.wq, s, -3 * s, 3 * s);
+    TruncNormal(layer.wk, s, -3 * s, 3 * s);
+    TruncNormal(layer.wv, s, -3 * s, 3 * s);
     TruncNormal(layer.wo, s / factor, -3 * s, 3 * s);
     layer.attention_norm.fill_(1.0);
     if (layer.q_norm.defined()) {
@@ -152,16 +155,16 @@ void Transformer::InitWeights(int64_t seed) {
     const double s_in = s;
     const double s_out =
         (args_.init_base_std > 0 ? args_.init_base_std : std::pow(hidden_dim_, -0.5)) / factor;
-    TruncNormal(layer.w13.narrow(0, 0, hidden_dim_), s_in, -3 * s_in, 3 * s_in);
-    TruncNormal(layer.w13.narrow(0, hidden_dim_, hidden_dim_), s_in, -3 * s_in, 3 * s_in);
+    TruncNormal(layer.w1, s_in, -3 * s_in, 3 * s_in);
+    TruncNormal(layer.w3, s_in, -3 * s_in, 3 * s_in);
     TruncNormal(layer.w2, s_out, -3 * s_out, 3 * s_out);
     layer.ffn_norm.fill_(1.0);
   }
 }
 
 torch::Tensor Transformer::RmsNorm(const torch::Tensor& x, const torch::Tensor& weight) const {
-  // x · rsqrt(mean(x²) + eps) · w, in float32.
-  return x * torch::rsqrt((x * x).mean(-1, /*keepdim=*/true) + args_.norm_eps) * weight;
+  // x · rsqrt(mean(x²) + eps) · w, in float32; one fused pass each way on CPU.
+  return FusedRmsNorm(x, weight, args_.norm_eps);
 }
 
 torch::Tensor Transformer::ApplyRope(const torch::Tensor& x) const {
@@ -188,13 +191,12 @@ torch::Tensor Transformer::Attention(const Layer& layer, const torch::Tensor& x,
                                      double* logit_max) {
   const int64_t bsz = x.size(0), seq_len = x.size(1);
   const int64_t n_heads = args_.n_heads;
-  const int64_t q_width = n_heads * head_dim_, kv_width = n_kv_heads_ * head_dim_;
-  // One projection for q, k and v; split() (not narrow()) so the backward is a single cat.
-  std::vector<torch::Tensor> qkv =
-      torch::matmul(x, layer.wqkv.t()).split_with_sizes({q_width, kv_width, kv_width}, -1);
-  torch::Tensor q = qkv[0].view({bsz, seq_len, n_heads, head_dim_});  // (B, S, H, D)
-  torch::Tensor k = qkv[1].view({bsz, seq_len, n_kv_heads_, head_dim_});
-  torch::Tensor v = qkv[2].view({bsz, seq_len, n_kv_heads_, head_dim_});
+  const int64_t q_width = n_heads * head_dim_;
+  // Three GEMMs rather than one on a stacked weight: slicing the stacked output costs a
+  // full-size copy in the backward pass, more than the GEMMs save (measured).
+  torch::Tensor q = torch::matmul(x, layer.wq.t()).view({bsz, seq_len, n_heads, head_dim_});
+  torch::Tensor k = torch::matmul(x, layer.wk.t()).view({bsz, seq_len, n_kv_heads_, head_dim_});
+  torch::Tensor v = torch::matmul(x, layer.wv.t()).view({bsz, seq_len, n_kv_heads_, head_dim_});
   if (layer.q_norm.defined()) {
     q = RmsNorm(q, layer.q_norm);
     k = RmsNorm(k, layer.k_norm);
@@ -225,8 +227,9 @@ torch::Tensor Transformer::Attention(const Layer& layer, const torch::Tensor& x,
 }
 
 torch::Tensor Transformer::FeedForward(const Layer& layer, const torch::Tensor& x) const {
-  std::vector<torch::Tensor> x13 = torch::matmul(x, layer.w13.t()).chunk(2, -1);  // 2 x (B, S, hidden)
-  return torch::matmul(torch::silu(x13[0]) * x13[1], layer.w2.t());  // (B, S, dim)
+  torch::Tensor x1 = torch::matmul(x, layer.w1.t());  // (B, S, hidden)
+  torch::Tensor x3 = torch::matmul(x, layer.w3.t());
+  return torch::matmul(FusedSwiGlu(x1, x3), layer.w2.t());  // silu(x1)·x3: (B, S, dim)
 }
 
 torch::Tensor Transformer::Forward(const torch::Tensor& tokens, ForwardProbes* probes) {

@@ -9,9 +9,8 @@
 // autograd accumulates into. The optimizer, clipping and the per-group norms then work on a
 // few large tensors instead of one small tensor per parameter.
 //
-// Two projections are stored fused (the maths is unchanged): wqkv = [wq; wk; wv] and
-// w13 = [w1; w3] (rows stacked). InitWeights() fills each row block with its own draw, in
-// Lingua's order, so the initial values equal Lingua's for the same seed.
+// Parameter names, shapes and the initialisation order are Lingua's, so the initial values
+// equal Lingua's for the same seed.
 //
 // Not thread-safe; one model per training process.
 #ifndef SWEEP_WORKER_TRAINER_MODEL_H_
@@ -77,11 +76,12 @@ class Transformer {
  private:
   struct Layer {
     torch::Tensor attention_norm;  // (dim)
-    torch::Tensor wqkv;            // ((n_heads + 2 n_kv_heads) · head_dim, dim)
+    torch::Tensor wq;              // (n_heads · head_dim, dim)
+    torch::Tensor wk, wv;          // (n_kv_heads · head_dim, dim)
     torch::Tensor wo;              // (dim, n_heads · head_dim)
     torch::Tensor q_norm, k_norm;  // (head_dim), only with qk_norm
     torch::Tensor ffn_norm;        // (dim)
-    torch::Tensor w13;             // (2 · hidden, dim)
+    torch::Tensor w1, w3;          // (hidden, dim)
     torch::Tensor w2;              // (dim, hidden)
   };
 
