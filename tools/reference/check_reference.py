@@ -64,7 +64,10 @@ def configs(steps):
     tied = base_config("tied_indep_wd", steps)
     tied["model"] = {"dim": 64, "n_layers": 2, "n_heads": 2, "weight_tying": True,
                      "init_std_factor": "global_depth", "init_base_std": 0.02}
-    tied["optim"].update({"independent_wd": True, "weight_decay": 0.3, "scheduler": "linear"})
+    # Decay f(step)·wd per step (independent of lr): 0.01 still moves the weights measurably
+    # without shrinking the model to nothing in 20 steps.
+    tied["optim"].update({"independent_wd": True, "weight_decay": 0.01, "lr": 3e-3,
+                          "scheduler": "linear"})
     return [("mha", mha), ("gqa_qknorm_zloss", gqa), ("tied_indep_wd", tied)]
 
 

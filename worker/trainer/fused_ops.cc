@@ -139,8 +139,11 @@ bool Fusable(const torch::Tensor& t) { return t.device().is_cpu() && t.scalar_ty
 }  // namespace
 
 torch::Tensor FusedRmsNorm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  if (!Fusable(x) || !Fusable(weight)) {
-    return x * torch::rsqrt((x * x).mean(-1, /*keepdim=*/true) + eps) * weight;
+  if (!Fusable(x) || !Fusable(weight)) {  // e.g. bf16 activations on CUDA: norm in float32
+    const torch::Tensor xf = x.to(torch::kFloat32);
+    return (xf * torch::rsqrt((xf * xf).mean(-1, /*keepdim=*/true) + eps) *
+            weight.to(torch::kFloat32))
+        .to(x.scalar_type());
   }
   return RmsNormFunction::apply(x, weight, eps);
 }

@@ -1,5 +1,6 @@
 #include "worker/trainer/train.h"
 
+#include <ATen/autocast_mode.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -84,6 +85,28 @@ std::string NonFiniteName(double v) {
   return v > 0 ? "inf" : "-inf";
 }
 
+// bf16 autocast for the forward pass on CUDA, as Lingua trains: matmuls in bf16, weights and
+// optimizer state stay float32 (RMSNorm and the loss are computed in float32 regardless).
+class CudaAutocast {
+ public:
+  explicit CudaAutocast(torch::Device device) : enabled_(device.is_cuda()) {
+    if (!enabled_) return;
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(true);
+    at::autocast::increment_nesting();
+  }
+  ~CudaAutocast() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_enabled(false);
+  }
+  CudaAutocast(const CudaAutocast&) = delete;
+  CudaAutocast& operator=(const CudaAutocast&) = delete;
+
+ private:
+  const bool enabled_;
+};
+
 // (B, S + 1) windows -> int64 tensor on `device`.
 torch::Tensor ToTensor(const std::vector<int64_t>& tokens, int batch, int seq_len,
                        torch::Device device) {
@@ -105,9 +128,11 @@ absl::StatusOr<double> Evaluate(const TrainConfig& config, Transformer& model,
     if (!s.ok()) return s;
     torch::Tensor window = ToTensor(tokens, config.data.batch_size, config.data.seq_len, device);
     const int64_t seq_len = config.data.seq_len;
+    CudaAutocast autocast(device);
     torch::Tensor logits = model.Forward(window.narrow(1, 0, seq_len), nullptr);
-    torch::Tensor loss = torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
-                                                   window.narrow(1, 1, seq_len).reshape({-1}));
+    torch::Tensor loss =
+        torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32),
+                                  window.narrow(1, 1, seq_len).reshape({-1}));
     total += loss.item<double>();
   }
   return total / config.eval.steps;
@@ -273,8 +298,12 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
       torch::Tensor input = window.narrow(1, 0, seq_len);   // (B, S)
       torch::Tensor target = window.narrow(1, 1, seq_len);  // (B, S)
       const bool probe_now = probe && micro == 0;
-      torch::Tensor logits = model.Forward(input, probe_now ? &probes : nullptr);  // (B, S, V)
-      torch::Tensor flat_logits = logits.reshape({-1, logits.size(-1)});
+      torch::Tensor logits;  // (B, S, V)
+      {
+        CudaAutocast autocast(device);
+        logits = model.Forward(input, probe_now ? &probes : nullptr);
+      }
+      torch::Tensor flat_logits = logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32);
       torch::Tensor ce = torch::cross_entropy_loss(flat_logits, target.reshape({-1}));
       torch::Tensor loss = ce;
       if (config.optim.z_loss > 0 || probe_now) {
