@@ -379,19 +379,18 @@ absl::Status FirstProblem(const TrainConfig& config, const Locations* locations,
 
 }  // namespace
 
-absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& text, const std::string& origin,
-                                             const std::vector<std::string>& overrides) {
+std::string YamlWhere(const std::string& origin, const YAML::Node& node) {
+  return Where(origin, node);
+}
+
+std::string YamlDescribe(const YAML::Node& node) { return Describe(node); }
+
+absl::StatusOr<TrainConfig> ParseTrainConfigNode(const YAML::Node& root, const std::string& origin,
+                                                 const std::vector<ConfigOverride>& overrides) {
   TrainConfig config;
   const FieldIndex index = IndexFields(config);
   Locations locations;
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":",
-                                                   e.mark.column + 1, ": invalid YAML: ", e.msg));
-  }
-  if (!root.IsNull()) {
+  if (root && !root.IsNull()) {
     if (!root.IsMap()) {
       return absl::InvalidArgumentError(
           absl::StrCat(Where(origin, root), ": expected a map of keys at the top level, got ",
@@ -400,6 +399,38 @@ absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& text, const std:
     absl::Status s = ApplyMap(root, "", origin, index, &locations);
     if (!s.ok()) return s;
   }
+  for (const ConfigOverride& item : overrides) {
+    auto it = index.find(item.key);
+    if (it == index.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(item.where, ": ", item.key,
+                                                     ": unknown key (known here: ",
+                                                     KnownKeysNear(index, item.key), ")"));
+    }
+    YAML::Node value;
+    try {
+      value = YAML::Load(item.value);
+    } catch (const YAML::Exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat(item.where, ": ", item.key, ": ", e.msg));
+    }
+    absl::Status s = SetField(it->second, value, item.where, item.key);
+    if (!s.ok()) return s;
+    locations[item.key] = item.where;
+  }
+  absl::Status s = FirstProblem(config, &locations, origin);
+  if (!s.ok()) return s;
+  return config;
+}
+
+absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& text, const std::string& origin,
+                                             const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":",
+                                                   e.mark.column + 1, ": invalid YAML: ", e.msg));
+  }
+  std::vector<ConfigOverride> parsed;
   for (const std::string& item : overrides) {
     const size_t eq = item.find('=');
     const std::string where = absl::StrCat("override '", item, "'");
@@ -407,26 +438,9 @@ absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& text, const std:
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": expected key=value, e.g. optim.lr=3e-3"));
     }
-    const std::string key = item.substr(0, eq);
-    auto it = index.find(key);
-    if (it == index.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": ", key,
-                                                     ": unknown key (known here: ",
-                                                     KnownKeysNear(index, key), ")"));
-    }
-    YAML::Node value;
-    try {
-      value = YAML::Load(item.substr(eq + 1));
-    } catch (const YAML::Exception& e) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": ", key, ": ", e.msg));
-    }
-    absl::Status s = SetField(it->second, value, where, key);
-    if (!s.ok()) return s;
-    locations[key] = where;
+    parsed.push_back({item.substr(0, eq), item.substr(eq + 1), where});
   }
-  absl::Status s = FirstProblem(config, &locations, origin);
-  if (!s.ok()) return s;
-  return config;
+  return ParseTrainConfigNode(root, origin, parsed);
 }
 
 absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path,

@@ -24,6 +24,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
+namespace YAML {
+class Node;
+}
+
 namespace sweep::trainer {
 
 struct ModelArgs {
@@ -131,13 +135,32 @@ void ForEachConfigField(TrainConfig& config, const std::function<void(const char
 // Human-readable type of a field ("integer", "number", "boolean", "string", "map").
 const char* FieldTypeName(const FieldRef& field);
 
-// Parses `text` (YAML or JSON). `origin` names the file in error messages.
+// One override of a key: `value` is YAML scalar text ("3e-3", "true", "cosine"); `where`
+// starts its error messages (e.g. "override 'optim.lr=x'" or "spec.yaml:12:11").
+struct ConfigOverride {
+  std::string key;
+  std::string value;
+  std::string where;
+};
+
+// Parses `text` (YAML or JSON). `origin` names the file in error messages. Each override is
+// "key=value".
 absl::StatusOr<TrainConfig> ParseTrainConfig(const std::string& text, const std::string& origin,
                                              const std::vector<std::string>& overrides = {});
+
+// Parses an already loaded YAML map (e.g. the `base:` of a sweep spec): error positions are
+// those of the file the node was read from. A null node gives the defaults.
+absl::StatusOr<TrainConfig> ParseTrainConfigNode(const YAML::Node& root, const std::string& origin,
+                                                 const std::vector<ConfigOverride>& overrides);
 
 // Reads and parses a file.
 absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path,
                                             const std::vector<std::string>& overrides = {});
+
+// For other parsers of YAML files: "file:line:column" of a node, and a short description of
+// a node for "expected X, got Y" messages.
+std::string YamlWhere(const std::string& origin, const YAML::Node& node);
+std::string YamlDescribe(const YAML::Node& node);
 
 // Checks values and relations between keys; the message names the key.
 absl::Status ValidateTrainConfig(const TrainConfig& config);

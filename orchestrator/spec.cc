@@ -1,0 +1,623 @@
+#include "orchestrator/spec.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "worker/trainer/config.h"
+#include "yaml-cpp/yaml.h"
+
+namespace sweep::orchestrator {
+namespace {
+
+using trainer::YamlDescribe;
+using trainer::YamlWhere;
+
+absl::Status Error(const std::string& where, const std::string& key, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(where, ": ", key, ": ", what));
+}
+
+// The trainer's type name for each dotted key ("an integer", "a number", ...).
+const std::map<std::string, std::string>& TrainerKeyTypes() {
+  static const auto* types = [] {
+    auto* m = new std::map<std::string, std::string>();
+    trainer::TrainConfig config;
+    trainer::ForEachConfigField(config, [&](const char* key, trainer::FieldRef ref) {
+      (*m)[key] = trainer::FieldTypeName(ref);
+    });
+    return m;
+  }();
+  return *types;
+}
+
+std::string ShortestDouble(double v) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+  return ec == std::errc() ? std::string(buf, end) : absl::StrCat(v);
+}
+
+bool ParseDouble(const std::string& text, double* out) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  *out = std::strtod(text.c_str(), &end);
+  return errno == 0 && end != nullptr && *end == '\0';
+}
+
+bool ParseInt(const std::string& text, int64_t* out) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  *out = std::strtoll(text.c_str(), &end, 10);
+  return errno == 0 && end != nullptr && *end == '\0';
+}
+
+// Canonical text of a scalar for `key`, so equal values give equal trial keys. `type` is the
+// trainer's type name, or empty for command trainers (then numbers are still normalised).
+absl::StatusOr<std::string> Canonical(const std::string& text, const std::string& type,
+                                      const std::string& where, const std::string& key) {
+  int64_t i;
+  double d;
+  if (type == "an integer") {
+    if (ParseInt(text, &i)) return absl::StrCat(i);
+    if (ParseDouble(text, &d) && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15) {
+      return absl::StrCat(static_cast<int64_t>(d));
+    }
+    return Error(where, key, absl::StrCat("expected an integer, got '", text, "'"));
+  }
+  if (type == "a number") {
+    if (!ParseDouble(text, &d)) {
+      return Error(where, key, absl::StrCat("expected a number, got '", text, "'"));
+    }
+    return ShortestDouble(d);
+  }
+  if (type == "a boolean (true or false)") {
+    if (text == "true" || text == "True") return std::string("true");
+    if (text == "false" || text == "False") return std::string("false");
+    return Error(where, key, absl::StrCat("expected true or false, got '", text, "'"));
+  }
+  if (type.empty()) {  // Free-form (command trainer): normalise what looks like a number.
+    if (ParseInt(text, &i)) return absl::StrCat(i);
+    if (ParseDouble(text, &d)) return ShortestDouble(d);
+  }
+  return text;
+}
+
+struct Reader {
+  const std::string& origin;
+
+  absl::StatusOr<std::string> String(const YAML::Node& node, const std::string& key) const {
+    if (!node.IsScalar()) {
+      return Error(YamlWhere(origin, node), key, absl::StrCat("expected a string, got ", YamlDescribe(node)));
+    }
+    return node.Scalar();
+  }
+  absl::StatusOr<int64_t> Int(const YAML::Node& node, const std::string& key, int64_t min) const {
+    int64_t v;
+    if (!node.IsScalar() || !ParseInt(node.Scalar(), &v)) {
+      return Error(YamlWhere(origin, node), key, absl::StrCat("expected an integer, got ", YamlDescribe(node)));
+    }
+    if (v < min) return Error(YamlWhere(origin, node), key, absl::StrCat("must be >= ", min, ", got ", v));
+    return v;
+  }
+  absl::StatusOr<double> Number(const YAML::Node& node, const std::string& key) const {
+    double v;
+    if (!node.IsScalar() || !ParseDouble(node.Scalar(), &v) || !std::isfinite(v)) {
+      return Error(YamlWhere(origin, node), key, absl::StrCat("expected a finite number, got ", YamlDescribe(node)));
+    }
+    return v;
+  }
+  // Refuses keys of `map` outside `allowed`.
+  absl::Status OnlyKeys(const YAML::Node& map, const std::string& key,
+                        const std::set<std::string>& allowed) const {
+    if (!map.IsMap()) {
+      return Error(YamlWhere(origin, map), key, absl::StrCat("expected a map, got ", YamlDescribe(map)));
+    }
+    for (const auto& entry : map) {
+      const std::string name = entry.first.Scalar();
+      if (allowed.count(name) == 0) {
+        return Error(YamlWhere(origin, entry.first), key.empty() ? name : key + "." + name,
+                     absl::StrCat("unknown key (expected one of ",
+                                  absl::StrJoin(allowed, ", "), ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+};
+
+absl::Status ParseParameter(const Reader& r, const YAML::Node& key_node, const YAML::Node& body,
+                            bool builtin, ParameterSpec* p) {
+  p->key = key_node.Scalar();
+  p->where = YamlWhere(r.origin, key_node);
+  const std::string name = "parameters." + p->key;
+  std::string type;
+  if (builtin) {
+    auto it = TrainerKeyTypes().find(p->key);
+    if (it == TrainerKeyTypes().end()) {
+      return Error(p->where, name, "not a trainer key (see docs/trainer.md for the keys)");
+    }
+    type = it->second;
+    if (type == "a map of source name to weight") {
+      return Error(p->where, name, "maps cannot be swept; sweep a scalar key");
+    }
+  }
+  if (absl::Status s = r.OnlyKeys(body, name, {"values", "value", "min", "max", "distribution", "q"});
+      !s.ok()) {
+    return s;
+  }
+  const YAML::Node values = body["values"], value = body["value"];
+  const YAML::Node min = body["min"], max = body["max"];
+  const int kinds = (values ? 1 : 0) + (value ? 1 : 0) + ((min || max) ? 1 : 0);
+  if (kinds != 1) {
+    return Error(p->where, name, "expected exactly one of `values: [...]`, `value: x` or `min:`/`max:`");
+  }
+  auto add_value = [&](const YAML::Node& v) -> absl::Status {
+    if (!v.IsScalar()) {
+      return Error(YamlWhere(r.origin, v), name, absl::StrCat("values must be scalars, got ", YamlDescribe(v)));
+    }
+    absl::StatusOr<std::string> c = Canonical(v.Scalar(), type, YamlWhere(r.origin, v), name);
+    if (!c.ok()) return c.status();
+    for (const std::string& existing : p->values) {
+      if (existing == *c) return Error(YamlWhere(r.origin, v), name, absl::StrCat("value ", *c, " is listed twice"));
+    }
+    p->values.push_back(*c);
+    return absl::OkStatus();
+  };
+  if (values) {
+    if (!values.IsSequence()) {
+      return Error(YamlWhere(r.origin, values), name + ".values", absl::StrCat("expected a list, got ", YamlDescribe(values)));
+    }
+    if (values.size() == 0) return Error(YamlWhere(r.origin, values), name + ".values", "empty list: nothing to sweep");
+    for (const auto& v : values) {
+      if (absl::Status s = add_value(v); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  if (value) return add_value(value);
+
+  if (!min || !max) return Error(p->where, name, "a range needs both min and max");
+  if (type != "" && type != "an integer" && type != "a number") {
+    return Error(p->where, name, absl::StrCat("a min/max range needs a numeric key; this one is ", type));
+  }
+  p->is_range = true;
+  absl::StatusOr<double> lo = r.Number(min, name + ".min");
+  if (!lo.ok()) return lo.status();
+  absl::StatusOr<double> hi = r.Number(max, name + ".max");
+  if (!hi.ok()) return hi.status();
+  p->min = *lo;
+  p->max = *hi;
+  if (p->max < p->min) return Error(YamlWhere(r.origin, max), name + ".max", "must be >= min");
+  std::string dist = type == "an integer" ? "int_uniform" : "uniform";
+  if (const YAML::Node d = body["distribution"]) {
+    absl::StatusOr<std::string> text = r.String(d, name + ".distribution");
+    if (!text.ok()) return text.status();
+    dist = *text;
+  }
+  if (dist == "uniform") {
+    p->distribution = Distribution::kUniform;
+  } else if (dist == "log_uniform" || dist == "log_uniform_values") {
+    p->distribution = Distribution::kLogUniform;
+    if (p->min <= 0) return Error(YamlWhere(r.origin, min), name + ".min", "log_uniform needs min > 0");
+  } else if (dist == "int_uniform") {
+    p->distribution = Distribution::kIntUniform;
+  } else if (dist == "q_uniform") {
+    p->distribution = Distribution::kQUniform;
+  } else {
+    return Error(YamlWhere(r.origin, body["distribution"]), name + ".distribution",
+                 absl::StrCat("expected uniform, log_uniform, int_uniform or q_uniform; got '", dist, "'"));
+  }
+  if (const YAML::Node q = body["q"]) {
+    absl::StatusOr<double> qv = r.Number(q, name + ".q");
+    if (!qv.ok()) return qv.status();
+    if (*qv <= 0) return Error(YamlWhere(r.origin, q), name + ".q", "must be > 0");
+    p->q = *qv;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseEarlyTerminate(const Reader& r, const YAML::Node& node,
+                                 std::vector<EarlyTerminateRule>* rules) {
+  std::vector<YAML::Node> items;
+  if (node.IsSequence()) {
+    for (const auto& item : node) items.push_back(item);
+  } else {
+    items.push_back(node);
+  }
+  for (const YAML::Node& item : items) {
+    if (absl::Status s = r.OnlyKeys(item, "early_terminate", {"type", "min_steps", "eta", "max_steps"});
+        !s.ok()) {
+      return s;
+    }
+    EarlyTerminateRule rule;
+    if (!item["type"]) {
+      return Error(YamlWhere(r.origin, item), "early_terminate.type", "missing (divergence, asha or hyperband)");
+    }
+    absl::StatusOr<std::string> type = r.String(item["type"], "early_terminate.type");
+    if (!type.ok()) return type.status();
+    if (*type != "divergence" && *type != "asha" && *type != "hyperband") {
+      return Error(YamlWhere(r.origin, item["type"]), "early_terminate.type",
+                   absl::StrCat("expected divergence, asha or hyperband; got '", *type, "'"));
+    }
+    rule.type = *type;
+    if (item["min_steps"]) {
+      absl::StatusOr<int64_t> v = r.Int(item["min_steps"], "early_terminate.min_steps", 1);
+      if (!v.ok()) return v.status();
+      rule.min_steps = *v;
+    } else if (rule.type != "divergence") {
+      return Error(YamlWhere(r.origin, item), "early_terminate.min_steps", absl::StrCat("required for ", rule.type));
+    }
+    if (item["eta"]) {
+      absl::StatusOr<double> v = r.Number(item["eta"], "early_terminate.eta");
+      if (!v.ok()) return v.status();
+      if (*v <= 1) return Error(YamlWhere(r.origin, item["eta"]), "early_terminate.eta", "must be > 1");
+      rule.eta = *v;
+    }
+    if (item["max_steps"]) {
+      absl::StatusOr<int64_t> v = r.Int(item["max_steps"], "early_terminate.max_steps", 1);
+      if (!v.ok()) return v.status();
+      rule.max_steps = *v;
+    }
+    rules->push_back(rule);
+  }
+  return absl::OkStatus();
+}
+
+// splitmix64: tiny, portable and fully determined by its seed.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }  // [0, 1)
+  uint64_t Below(uint64_t n) {  // Unbiased integer in [0, n).
+    const uint64_t limit = -n % n;
+    for (;;) {
+      const uint64_t x = Next();
+      if (x >= limit) return x % n;
+    }
+  }
+
+ private:
+  uint64_t state_;
+};
+
+absl::StatusOr<std::string> Sample(const ParameterSpec& p, Rng& rng) {
+  if (!p.is_range) return p.values[rng.Below(p.values.size())];
+  const auto types = TrainerKeyTypes();
+  const auto it = types.find(p.key);
+  const bool integer = it != types.end() && it->second == "an integer";
+  double v = 0;
+  switch (p.distribution) {
+    case Distribution::kUniform:
+      v = p.min + (p.max - p.min) * rng.Uniform();
+      break;
+    case Distribution::kLogUniform:
+      v = std::exp(std::log(p.min) + (std::log(p.max) - std::log(p.min)) * rng.Uniform());
+      break;
+    case Distribution::kIntUniform: {
+      const int64_t lo = static_cast<int64_t>(std::ceil(p.min));
+      const int64_t hi = static_cast<int64_t>(std::floor(p.max));
+      if (hi < lo) return Error(p.where, "parameters." + p.key, "int_uniform range holds no integer");
+      return absl::StrCat(lo + static_cast<int64_t>(rng.Below(static_cast<uint64_t>(hi - lo + 1))));
+    }
+    case Distribution::kQUniform:
+      v = std::round((p.min + (p.max - p.min) * rng.Uniform()) / p.q) * p.q;
+      break;
+  }
+  if (integer) return absl::StrCat(static_cast<int64_t>(std::llround(v)));
+  return ShortestDouble(v);
+}
+
+// Sets a dotted key in a YAML map (for command trainers' Lingua-layout configs).
+void SetDotted(YAML::Node root, const std::string& key, const std::string& value) {
+  std::vector<std::string> parts = absl::StrSplit(key, '.');
+  YAML::Node node = root;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    if (!node[parts[i]] || !node[parts[i]].IsMap()) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
+    node.reset(node[parts[i]]);
+  }
+  node[parts.back()] = YAML::Load(value);
+}
+
+}  // namespace
+
+int64_t GridSize(const SweepSpec& spec) {
+  if (spec.method != SearchMethod::kGrid) return 0;
+  int64_t size = 1;
+  for (const ParameterSpec& p : spec.parameters) {
+    const int64_t n = static_cast<int64_t>(p.values.size());
+    if (n > 0 && size > INT64_MAX / n) return INT64_MAX;
+    size *= n;
+  }
+  return size;
+}
+
+absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::string& origin,
+                                         const SpecLimits& limits) {
+  if (text.size() > limits.max_spec_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": spec is ", text.size(),
+                                                   " bytes; the limit is ", limits.max_spec_bytes));
+  }
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":",
+                                                   e.mark.column + 1, ": invalid YAML: ", e.msg));
+  }
+  const Reader r{origin};
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError(absl::StrCat(YamlWhere(origin, root),
+                                                   ": expected a sweep spec (a map with name, "
+                                                   "method, base, parameters), got ",
+                                                   YamlDescribe(root)));
+  }
+  if (absl::Status s = r.OnlyKeys(root, "", {"name", "description", "method", "run_cap", "seed",
+                                            "metric", "trainer", "base", "parameters",
+                                            "early_terminate", "resources", "max_attempts",
+                                            "parallel"});
+      !s.ok()) {
+    return s;
+  }
+  SweepSpec spec;
+  spec.origin = origin;
+  spec.source_text = text;
+  auto require = [&](const char* key) -> absl::Status {
+    if (!root[key]) return Error(YamlWhere(origin, root), key, "missing");
+    return absl::OkStatus();
+  };
+  for (const char* key : {"name", "method", "parameters"}) {
+    if (absl::Status s = require(key); !s.ok()) return s;
+  }
+  absl::StatusOr<std::string> name = r.String(root["name"], "name");
+  if (!name.ok()) return name.status();
+  if (name->empty()) return Error(YamlWhere(origin, root["name"]), "name", "must not be empty");
+  spec.name = *name;
+  if (root["description"]) {
+    absl::StatusOr<std::string> d = r.String(root["description"], "description");
+    if (!d.ok()) return d.status();
+    spec.description = *d;
+  }
+
+  absl::StatusOr<std::string> method = r.String(root["method"], "method");
+  if (!method.ok()) return method.status();
+  if (*method == "grid") {
+    spec.method = SearchMethod::kGrid;
+  } else if (*method == "random") {
+    spec.method = SearchMethod::kRandom;
+  } else {
+    return Error(YamlWhere(origin, root["method"]), "method",
+                 absl::StrCat("expected grid or random, got '", *method, "'"));
+  }
+  if (spec.method == SearchMethod::kRandom) {
+    if (absl::Status s = require("run_cap"); !s.ok()) return s;
+    absl::StatusOr<int64_t> cap = r.Int(root["run_cap"], "run_cap", 1);
+    if (!cap.ok()) return cap.status();
+    if (*cap > limits.max_trials) {
+      return Error(YamlWhere(origin, root["run_cap"]), "run_cap",
+                   absl::StrCat(*cap, " trials is above the limit of ", limits.max_trials));
+    }
+    spec.run_cap = *cap;
+  } else if (root["run_cap"]) {
+    return Error(YamlWhere(origin, root["run_cap"]), "run_cap", "only for method: random");
+  }
+  if (root["seed"]) {
+    absl::StatusOr<int64_t> seed = r.Int(root["seed"], "seed", 0);
+    if (!seed.ok()) return seed.status();
+    spec.seed = static_cast<uint64_t>(*seed);
+  }
+
+  if (const YAML::Node metric = root["metric"]) {
+    if (absl::Status s = r.OnlyKeys(metric, "metric", {"name", "goal"}); !s.ok()) return s;
+    if (metric["name"]) {
+      absl::StatusOr<std::string> m = r.String(metric["name"], "metric.name");
+      if (!m.ok()) return m.status();
+      spec.metric_name = *m;
+    }
+    if (metric["goal"]) {
+      absl::StatusOr<std::string> goal = r.String(metric["goal"], "metric.goal");
+      if (!goal.ok()) return goal.status();
+      if (*goal != "minimize" && *goal != "maximize") {
+        return Error(YamlWhere(origin, metric["goal"]), "metric.goal",
+                     absl::StrCat("expected minimize or maximize, got '", *goal, "'"));
+      }
+      spec.minimize = *goal == "minimize";
+    }
+  }
+
+  if (const YAML::Node t = root["trainer"]) {
+    if (t.IsScalar()) {
+      if (t.Scalar() != "builtin") {
+        return Error(YamlWhere(origin, t), "trainer",
+                     absl::StrCat("expected builtin or {command: [...]}, got '", t.Scalar(), "'"));
+      }
+    } else {
+      if (absl::Status s = r.OnlyKeys(t, "trainer", {"command"}); !s.ok()) return s;
+      const YAML::Node command = t["command"];
+      if (!command || !command.IsSequence() || command.size() == 0) {
+        return Error(YamlWhere(origin, command ? command : t), "trainer.command",
+                     "expected a non-empty list of arguments, e.g. [python, -m, apps.main.train, "
+                     "\"config=${config}\"]");
+      }
+      for (const auto& arg : command) {
+        absl::StatusOr<std::string> a = r.String(arg, "trainer.command");
+        if (!a.ok()) return a.status();
+        spec.command.push_back(*a);
+      }
+    }
+  }
+
+  const YAML::Node base = root["base"];
+  if (base && !base.IsMap() && !base.IsNull()) {
+    return Error(YamlWhere(origin, base), "base",
+                 absl::StrCat("expected a trainer config (a map), got ", YamlDescribe(base)));
+  }
+  if (base) {
+    YAML::Emitter out;
+    out << base;
+    spec.base_yaml = out.c_str();
+  }
+
+  const YAML::Node params = root["parameters"];
+  if (!params.IsMap() || params.size() == 0) {
+    return Error(YamlWhere(origin, params), "parameters",
+                 "expected a map of dotted keys, e.g. {optim.lr: {values: [1e-3, 3e-3]}}");
+  }
+  for (const auto& entry : params) {
+    ParameterSpec p;
+    if (absl::Status s = ParseParameter(r, entry.first, entry.second, spec.builtin(), &p); !s.ok()) {
+      return s;
+    }
+    if (p.is_range && spec.method == SearchMethod::kGrid) {
+      return Error(p.where, "parameters." + p.key,
+                   "a min/max range cannot be a grid axis; list `values:` or use method: random");
+    }
+    spec.parameters.push_back(std::move(p));
+  }
+  if (spec.method == SearchMethod::kGrid && GridSize(spec) > limits.max_trials) {
+    return Error(YamlWhere(origin, params), "parameters",
+                 absl::StrCat("the grid has ",
+                              GridSize(spec) == INT64_MAX ? std::string("too many")
+                                                          : absl::StrCat(GridSize(spec)),
+                              " points; the limit is ", limits.max_trials));
+  }
+
+  if (const YAML::Node et = root["early_terminate"]) {
+    if (absl::Status s = ParseEarlyTerminate(r, et, &spec.early_terminate); !s.ok()) return s;
+  }
+  if (const YAML::Node res = root["resources"]) {
+    if (absl::Status s = r.OnlyKeys(res, "resources", {"gpus_per_trial", "cpu_slots_per_trial"});
+        !s.ok()) {
+      return s;
+    }
+    if (res["gpus_per_trial"]) {
+      absl::StatusOr<int64_t> v = r.Int(res["gpus_per_trial"], "resources.gpus_per_trial", 0);
+      if (!v.ok()) return v.status();
+      spec.gpus_per_trial = static_cast<int>(*v);
+    }
+    if (res["cpu_slots_per_trial"]) {
+      absl::StatusOr<int64_t> v = r.Int(res["cpu_slots_per_trial"], "resources.cpu_slots_per_trial", 1);
+      if (!v.ok()) return v.status();
+      spec.cpu_slots_per_trial = static_cast<int>(*v);
+    }
+  }
+  if (root["max_attempts"]) {
+    absl::StatusOr<int64_t> v = r.Int(root["max_attempts"], "max_attempts", 1);
+    if (!v.ok()) return v.status();
+    spec.max_attempts = static_cast<int>(*v);
+  }
+  if (root["parallel"]) {
+    absl::StatusOr<int64_t> v = r.Int(root["parallel"], "parallel", 0);
+    if (!v.ok()) return v.status();
+    spec.parallel = static_cast<int>(*v);
+  }
+
+  // Every trial must be a valid trainer config: expand now so a bad grid point is refused at
+  // submit, with the parameter's position.
+  absl::StatusOr<std::vector<TrialSpec>> trials = ExpandSweep(spec, limits);
+  if (!trials.ok()) return trials.status();
+  return spec;
+}
+
+absl::StatusOr<SweepSpec> LoadSweepSpec(const std::string& path, const SpecLimits& limits) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open sweep spec"));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseSweepSpec(buffer.str(), path, limits);
+}
+
+absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
+                                                   const SpecLimits& limits) {
+  // Parameter value choices, one vector of indices/values per trial.
+  std::vector<std::vector<std::string>> choices;
+  if (spec.method == SearchMethod::kGrid) {
+    const int64_t size = GridSize(spec);
+    if (size > limits.max_trials) {
+      return absl::InvalidArgumentError(absl::StrCat(spec.origin, ": parameters: the grid has ",
+                                                     size, " points; the limit is ",
+                                                     limits.max_trials));
+    }
+    for (int64_t index = 0; index < size; ++index) {
+      std::vector<std::string> values(spec.parameters.size());
+      int64_t rest = index;  // Last parameter varies fastest.
+      for (size_t i = spec.parameters.size(); i-- > 0;) {
+        const auto& v = spec.parameters[i].values;
+        values[i] = v[static_cast<size_t>(rest % static_cast<int64_t>(v.size()))];
+        rest /= static_cast<int64_t>(v.size());
+      }
+      choices.push_back(std::move(values));
+    }
+  } else {
+    Rng rng(spec.seed);
+    std::set<std::vector<std::string>> seen;
+    const int64_t max_draws = spec.run_cap * 100;
+    for (int64_t draw = 0; draw < max_draws && static_cast<int64_t>(choices.size()) < spec.run_cap;
+         ++draw) {
+      std::vector<std::string> values;
+      for (const ParameterSpec& p : spec.parameters) {
+        absl::StatusOr<std::string> v = Sample(p, rng);
+        if (!v.ok()) return v.status();
+        values.push_back(*v);
+      }
+      if (seen.insert(values).second) choices.push_back(std::move(values));
+    }
+  }
+
+  // `base` from the original text, so that its errors carry the spec file's positions.
+  YAML::Node base;
+  std::string base_origin = spec.origin;
+  if (!spec.source_text.empty()) {
+    base = YAML::Load(spec.source_text)["base"];
+  } else if (!spec.base_yaml.empty()) {
+    base = YAML::Load(spec.base_yaml);
+    base_origin += " (base)";
+  }
+  std::vector<TrialSpec> trials;
+  trials.reserve(choices.size());
+  for (const std::vector<std::string>& values : choices) {
+    TrialSpec trial;
+    std::vector<trainer::ConfigOverride> overrides;
+    for (size_t i = 0; i < values.size(); ++i) {
+      const ParameterSpec& p = spec.parameters[i];
+      trial.params.emplace_back(p.key, values[i]);
+      overrides.push_back({p.key, values[i], absl::StrCat(p.where, ": parameters.", p.key, "=", values[i])});
+    }
+    std::sort(trial.params.begin(), trial.params.end());
+    std::vector<std::string> parts;
+    for (const auto& [key, value] : trial.params) parts.push_back(absl::StrCat(key, "=", value));
+    trial.trial_key = absl::StrJoin(parts, ",");
+    if (spec.builtin()) {
+      absl::StatusOr<trainer::TrainConfig> config =
+          trainer::ParseTrainConfigNode(base, base_origin, overrides);
+      if (!config.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(config.status().message(), " [trial ", trial.trial_key, "]"));
+      }
+      trial.config_yaml = trainer::TrainConfigToYaml(*config);
+    } else {
+      YAML::Node config = base ? YAML::Clone(base) : YAML::Node(YAML::NodeType::Map);
+      for (const auto& [key, value] : trial.params) SetDotted(config, key, value);
+      YAML::Emitter out;
+      out << config;
+      trial.config_yaml = std::string(out.c_str()) + "\n";
+    }
+    trials.push_back(std::move(trial));
+  }
+  return trials;
+}
+
+}  // namespace sweep::orchestrator

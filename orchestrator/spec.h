@@ -1,0 +1,106 @@
+// The sweep spec: parsing, validation and expansion into trials. LibTorch-free.
+//
+//   name: depth_lr
+//   method: grid                     # grid | random (with run_cap and seed)
+//   metric: {name: loss/val, goal: minimize}
+//   trainer: builtin                 # or {command: [python, -m, apps.main.train, "config=${config}"]}
+//   base: {...}                      # a trainer config (worker/trainer/config.h keys)
+//   parameters:                      # dotted keys override base
+//     model.n_layers: {values: [2, 4, 6]}
+//     optim.lr: {min: 1e-4, max: 1e-1, distribution: log_uniform}   # random only
+//   early_terminate: {type: divergence}   # or a list: [{type: divergence}, {type: asha, ...}]
+//   resources: {gpus_per_trial: 1}
+//   max_attempts: 3
+//   parallel: 4                      # max concurrent trials (0: no limit)
+//
+// Contract
+//   * ParseSweepSpec() checks every key and type; errors are InvalidArgument with the message
+//     `file:line:column: key: what was expected`. With the builtin trainer, `base` and every
+//     parameter key are checked against the trainer's schema (unknown key, wrong type, lr <= 0,
+//     n_heads not dividing dim, ...), for every trial the spec expands to.
+//   * ExpandSweep() is deterministic: the same spec gives the same trials in the same order.
+//     Each trial has a `trial_key`, the canonical parameter string ("model.n_layers=4,
+//     optim.lr=0.003", keys sorted, numbers in shortest round-trip form so 3e-3 and 0.003 are
+//     one key); the orchestrator stores it with a UNIQUE constraint, so re-submitting a spec
+//     never duplicates a configuration.
+//   * A grid larger than SpecLimits::max_trials is refused before anything is expanded.
+#ifndef SWEEP_ORCHESTRATOR_SPEC_H_
+#define SWEEP_ORCHESTRATOR_SPEC_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sweep::orchestrator {
+
+enum class SearchMethod { kGrid, kRandom };
+enum class Distribution { kUniform, kLogUniform, kIntUniform, kQUniform };
+
+struct ParameterSpec {
+  std::string key;                  // Dotted trainer key, e.g. "optim.lr".
+  std::vector<std::string> values;  // Canonical scalar texts (`values:` or `value:`).
+  bool is_range = false;            // min/max with a distribution (random search only).
+  double min = 0, max = 0, q = 1;
+  Distribution distribution = Distribution::kUniform;
+  std::string where;  // "file:line:column" of the key, for error messages.
+};
+
+struct EarlyTerminateRule {
+  std::string type;  // divergence | asha | hyperband
+  int64_t min_steps = 0;
+  double eta = 3;
+  int64_t max_steps = 0;  // 0: the trial's `steps`.
+};
+
+struct SweepSpec {
+  std::string name;
+  std::string description;
+  SearchMethod method = SearchMethod::kGrid;
+  int64_t run_cap = 0;  // Random search: number of trials.
+  uint64_t seed = 0;    // Random search: sampling seed.
+  std::string metric_name = "loss/val";
+  bool minimize = true;
+  std::vector<std::string> command;  // Empty: the builtin trainer (sweep-train).
+  std::string base_yaml;             // The `base` section, re-emitted as YAML.
+  std::vector<ParameterSpec> parameters;
+  std::vector<EarlyTerminateRule> early_terminate;
+  int gpus_per_trial = 0;
+  int cpu_slots_per_trial = 1;
+  int max_attempts = 3;
+  int parallel = 0;
+  std::string origin;       // The file the spec came from.
+  std::string source_text;  // The spec as written (error positions point into it).
+
+  bool builtin() const { return command.empty(); }
+};
+
+struct SpecLimits {
+  int64_t max_trials = 10000;   // Refuse grids (and run_caps) above this.
+  size_t max_spec_bytes = 1 << 20;
+};
+
+// One configuration of the sweep.
+struct TrialSpec {
+  std::string trial_key;
+  std::vector<std::pair<std::string, std::string>> params;  // key -> canonical value, sorted
+  std::string config_yaml;  // The resolved trainer config (builtin) or base + overrides.
+};
+
+absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::string& origin,
+                                         const SpecLimits& limits = {});
+absl::StatusOr<SweepSpec> LoadSweepSpec(const std::string& path, const SpecLimits& limits = {});
+
+// Materialises the trials (grid: the cartesian product in spec order; random: run_cap distinct
+// draws, fewer if the space holds fewer distinct configurations) and validates each.
+absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
+                                                   const SpecLimits& limits = {});
+
+// Number of grid points (product of the value counts); 0 for random search.
+int64_t GridSize(const SweepSpec& spec);
+
+}  // namespace sweep::orchestrator
+
+#endif  // SWEEP_ORCHESTRATOR_SPEC_H_
