@@ -1,0 +1,492 @@
+#include "orchestrator/store.h"
+
+#include <sqlite3.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace sweep::orchestrator {
+namespace {
+
+// Migration i (1-based) brings the schema from version i - 1 to i. Append, never edit.
+const char* const kMigrations[] = {
+    // 1: sweeps, trials, metrics, workers, events and the dashboard views.
+    R"sql(
+CREATE TABLE sweeps (
+  id           INTEGER PRIMARY KEY,
+  name         TEXT NOT NULL UNIQUE,
+  state        TEXT NOT NULL CHECK (state IN ('running', 'paused', 'completed', 'cancelled')),
+  method       TEXT NOT NULL CHECK (method IN ('grid', 'random')),
+  metric_name  TEXT NOT NULL,
+  metric_goal  TEXT NOT NULL CHECK (metric_goal IN ('minimize', 'maximize')),
+  max_attempts INTEGER NOT NULL CHECK (max_attempts >= 1),
+  parallel     INTEGER NOT NULL DEFAULT 0,
+  priority     INTEGER NOT NULL DEFAULT 0,
+  spec_text    TEXT NOT NULL,
+  spec_hash    TEXT NOT NULL,
+  created_at   REAL NOT NULL,
+  updated_at   REAL NOT NULL
+);
+
+CREATE TABLE workers (
+  id                   INTEGER PRIMARY KEY,
+  name                 TEXT NOT NULL UNIQUE,
+  host                 TEXT NOT NULL DEFAULT '',
+  gpus                 INTEGER NOT NULL DEFAULT 0,
+  cpu_slots            INTEGER NOT NULL DEFAULT 0,
+  labels               TEXT NOT NULL DEFAULT '{}',
+  state                TEXT NOT NULL DEFAULT 'active'
+                       CHECK (state IN ('active', 'quarantined', 'gone')),
+  consecutive_failures INTEGER NOT NULL DEFAULT 0,
+  registered_at        REAL NOT NULL,
+  last_seen            REAL NOT NULL
+);
+
+CREATE TABLE trials (
+  id               INTEGER PRIMARY KEY,
+  sweep_id         INTEGER NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+  trial_key        TEXT NOT NULL,
+  params           TEXT NOT NULL,
+  config           TEXT NOT NULL,
+  state            TEXT NOT NULL DEFAULT 'pending'
+                   CHECK (state IN ('pending', 'leased', 'running', 'completed', 'diverged',
+                                    'failed', 'stopped', 'cancelled')),
+  attempt          INTEGER NOT NULL DEFAULT 0,
+  worker_id        INTEGER REFERENCES workers(id),
+  lease_expires_at REAL,
+  checkpoint       TEXT,
+  checkpoint_step  INTEGER,
+  last_step        INTEGER,
+  final_metric     REAL,
+  diverged_step    INTEGER,
+  error            TEXT,
+  created_at       REAL NOT NULL,
+  started_at       REAL,
+  finished_at      REAL,
+  UNIQUE (sweep_id, trial_key)
+);
+CREATE INDEX trials_by_state ON trials (sweep_id, state);
+
+CREATE TABLE metrics (
+  trial_id  INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+  name      TEXT NOT NULL,
+  step      INTEGER NOT NULL,
+  value     REAL,
+  nonfinite TEXT CHECK (nonfinite IN ('nan', 'inf', '-inf')),
+  attempt   INTEGER NOT NULL,
+  time      REAL NOT NULL,
+  PRIMARY KEY (trial_id, name, step)
+) WITHOUT ROWID;
+
+CREATE TABLE events (
+  id        INTEGER PRIMARY KEY,
+  time      REAL NOT NULL,
+  sweep_id  INTEGER REFERENCES sweeps(id) ON DELETE CASCADE,
+  trial_id  INTEGER REFERENCES trials(id) ON DELETE CASCADE,
+  worker_id INTEGER REFERENCES workers(id),
+  kind      TEXT NOT NULL,
+  detail    TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX events_by_sweep ON events (sweep_id, id);
+CREATE INDEX events_by_trial ON events (trial_id, id);
+
+-- One row per trial with its sweep, progress and outcome.
+CREATE VIEW trial_summary AS
+SELECT t.id AS trial_id, s.name AS sweep, t.trial_key, t.params, t.state, t.attempt,
+       t.last_step, t.final_metric, s.metric_name, s.metric_goal, t.diverged_step,
+       t.checkpoint_step, t.error, t.started_at, t.finished_at
+FROM trials t JOIN sweeps s ON s.id = t.sweep_id;
+
+-- Metrics with non-finite values spelled out, for SQL users.
+CREATE VIEW metric_values AS
+SELECT trial_id, name, step, COALESCE(CAST(value AS TEXT), nonfinite) AS value_text, value,
+       nonfinite, attempt, time
+FROM metrics;
+)sql",
+};
+
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  absl::Status status() const {
+    if (rc_ == SQLITE_OK) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  void Bind(int i, int64_t v) { sqlite3_bind_int64(stmt_, i, v); }
+  void Bind(int i, int v) { sqlite3_bind_int64(stmt_, i, v); }
+  void Bind(int i, double v) { sqlite3_bind_double(stmt_, i, v); }
+  void Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  }
+  void BindNull(int i) { sqlite3_bind_null(stmt_, i); }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int Step() { return sqlite3_step(stmt_); }
+  void Reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+  double Double(int col) { return sqlite3_column_double(stmt_, col); }
+  bool IsNull(int col) { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  std::string Text(int col) {
+    const unsigned char* text = sqlite3_column_text(stmt_, col);
+    return text == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(text));
+  }
+  absl::Status Error(const char* what) {
+    return absl::InternalError(absl::StrCat(what, ": ", sqlite3_errmsg(db_)));
+  }
+
+ private:
+  sqlite3* const db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+std::string Fnv1aHex(const std::string& text) {
+  uint64_t hash = 1469598103934665603ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  return absl::StrFormat("%016x", hash);
+}
+
+// {"optim.lr": 0.003, "model.n_layers": 4, "optim.scheduler": "wsd"}: typed, so SQL's
+// json_extract returns numbers for numbers.
+std::string ParamsJson(const std::vector<std::pair<std::string, std::string>>& params) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [key, value] : params) {
+    char* end = nullptr;
+    const long long i = std::strtoll(value.c_str(), &end, 10);
+    if (!value.empty() && *end == '\0') {
+      out[key] = i;
+      continue;
+    }
+    const double d = std::strtod(value.c_str(), &end);
+    if (!value.empty() && *end == '\0' && std::isfinite(d)) {
+      out[key] = d;
+    } else if (value == "true" || value == "false") {
+      out[key] = value == "true";
+    } else {
+      out[key] = value;
+    }
+  }
+  return out.dump();
+}
+
+// "a"."b" quoting for identifiers built from user text.
+std::string QuoteIdentifier(const std::string& name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+Store::~Store() { sqlite3_close(db_); }
+
+absl::Status Store::Exec(const std::string& sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
+    absl::Status s = absl::InternalError(absl::StrCat("sqlite: ", error != nullptr ? error : "?"));
+    sqlite3_free(error);
+    return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 nullptr);
+  if (rc != SQLITE_OK) {
+    const std::string message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat(path, ": cannot open database: ", message));
+  }
+  sqlite3_busy_timeout(db, 5000);
+  std::unique_ptr<Store> store(new Store(db));
+  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
+                             "PRAGMA foreign_keys=ON"}) {
+    if (absl::Status s = store->Exec(pragma); !s.ok()) {
+      return absl::UnavailableError(absl::StrCat(path, ": ", s.message()));
+    }
+  }
+  if (absl::Status s = store->Migrate(); !s.ok()) return s;
+  return store;
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& path) {
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                                 nullptr);
+  if (rc != SQLITE_OK) {
+    const std::string message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat(path, ": cannot open database: ", message));
+  }
+  sqlite3_busy_timeout(db, 5000);
+  return std::unique_ptr<Store>(new Store(db));
+}
+
+absl::StatusOr<int> Store::SchemaVersion() {
+  Statement st(db_, "PRAGMA user_version");
+  if (!st.status().ok()) return st.status();
+  if (st.Step() != SQLITE_ROW) return st.Error("reading the schema version");
+  return static_cast<int>(st.Int(0));
+}
+
+absl::Status Store::Migrate() {
+  absl::StatusOr<int> version = SchemaVersion();
+  if (!version.ok()) return version.status();
+  if (*version > kSchemaVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("database schema version ", *version, " is newer than this sweepd (",
+                     kSchemaVersion, "); upgrade sweepd"));
+  }
+  for (int next = *version + 1; next <= kSchemaVersion; ++next) {
+    if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+    absl::Status s = Exec(kMigrations[next - 1]);
+    if (s.ok()) s = Exec(absl::StrCat("PRAGMA user_version=", next));
+    if (!s.ok()) {
+      (void)Exec("ROLLBACK");
+      return absl::InternalError(absl::StrCat("migration to schema ", next, " failed: ", s.message()));
+    }
+    if (absl::Status c = Exec("COMMIT"); !c.ok()) return c;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SubmitResult> Store::SubmitSweep(const SweepSpec& spec,
+                                                const std::vector<TrialSpec>& trials, double now) {
+  const std::string hash = Fnv1aHex(spec.source_text);
+  {
+    Statement find(db_, "SELECT id, spec_hash, (SELECT COUNT(*) FROM trials WHERE sweep_id = sweeps.id) "
+                        "FROM sweeps WHERE name = ?");
+    if (!find.status().ok()) return find.status();
+    find.Bind(1, spec.name);
+    if (find.Step() == SQLITE_ROW) {
+      if (find.Text(1) != hash) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            spec.origin, ": name: a different sweep named '", spec.name,
+            "' exists; rename this one or resume that one"));
+      }
+      return SubmitResult{find.Int(0), false, find.Int(2)};
+    }
+  }
+  if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](absl::Status s) {
+    (void)Exec("ROLLBACK");
+    return s;
+  };
+  Statement insert_sweep(
+      db_,
+      "INSERT INTO sweeps (name, state, method, metric_name, metric_goal, max_attempts, parallel, "
+      "spec_text, spec_hash, created_at, updated_at) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  if (!insert_sweep.status().ok()) return fail(insert_sweep.status());
+  insert_sweep.Bind(1, spec.name);
+  insert_sweep.Bind(2, std::string(spec.method == SearchMethod::kGrid ? "grid" : "random"));
+  insert_sweep.Bind(3, spec.metric_name);
+  insert_sweep.Bind(4, std::string(spec.minimize ? "minimize" : "maximize"));
+  insert_sweep.Bind(5, spec.max_attempts);
+  insert_sweep.Bind(6, spec.parallel);
+  insert_sweep.Bind(7, spec.source_text);
+  insert_sweep.Bind(8, hash);
+  insert_sweep.Bind(9, now);
+  insert_sweep.Bind(10, now);
+  if (insert_sweep.Step() != SQLITE_DONE) return fail(insert_sweep.Error("inserting the sweep"));
+  const int64_t sweep_id = sqlite3_last_insert_rowid(db_);
+
+  Statement insert_trial(db_,
+                         "INSERT INTO trials (sweep_id, trial_key, params, config, created_at) "
+                         "VALUES (?, ?, ?, ?, ?)");
+  if (!insert_trial.status().ok()) return fail(insert_trial.status());
+  for (const TrialSpec& trial : trials) {
+    insert_trial.Reset();
+    insert_trial.Bind(1, sweep_id);
+    insert_trial.Bind(2, trial.trial_key);
+    insert_trial.Bind(3, ParamsJson(trial.params));
+    insert_trial.Bind(4, trial.config_yaml);
+    insert_trial.Bind(5, now);
+    if (insert_trial.Step() != SQLITE_DONE) {
+      return fail(insert_trial.Error(("inserting trial " + trial.trial_key).c_str()));
+    }
+  }
+  // A per-sweep view with each parameter as a column, for dashboards and notebooks.
+  std::string columns;
+  for (const ParameterSpec& p : spec.parameters) {
+    absl::StrAppend(&columns, ", json_extract(params, '$.\"", p.key, "\"') AS ",
+                    QuoteIdentifier(p.key));
+  }
+  if (absl::Status s = Exec(absl::StrCat(
+          "CREATE VIEW ", QuoteIdentifier(absl::StrCat("sweep_", sweep_id, "_trials")),
+          " AS SELECT id AS trial_id, trial_key, state, attempt, last_step, final_metric, "
+          "diverged_step", columns, " FROM trials WHERE sweep_id = ", sweep_id));
+      !s.ok()) {
+    return fail(s);
+  }
+  {
+    Statement event(db_, "INSERT INTO events (time, sweep_id, kind, detail) VALUES (?, ?, 'submitted', ?)");
+    event.Bind(1, now);
+    event.Bind(2, sweep_id);
+    event.Bind(3, absl::StrCat(trials.size(), " trials from ", spec.origin));
+    if (event.Step() != SQLITE_DONE) return fail(event.Error("recording the event"));
+  }
+  if (absl::Status s = Exec("COMMIT"); !s.ok()) return fail(s);
+  return SubmitResult{sweep_id, true, static_cast<int64_t>(trials.size())};
+}
+
+namespace {
+
+SweepRow ReadSweep(Statement& st) {
+  SweepRow row;
+  row.id = st.Int(0);
+  row.name = st.Text(1);
+  row.state = st.Text(2);
+  row.method = st.Text(3);
+  row.metric_name = st.Text(4);
+  row.minimize = st.Text(5) == "minimize";
+  row.max_attempts = static_cast<int>(st.Int(6));
+  row.parallel = static_cast<int>(st.Int(7));
+  row.spec_text = st.Text(8);
+  row.created_at = st.Double(9);
+  return row;
+}
+
+constexpr char kSweepColumns[] =
+    "SELECT id, name, state, method, metric_name, metric_goal, max_attempts, parallel, spec_text, "
+    "created_at FROM sweeps";
+
+}  // namespace
+
+absl::StatusOr<SweepRow> Store::GetSweep(const std::string& name_or_id) {
+  Statement st(db_, absl::StrCat(kSweepColumns, " WHERE name = ?1 OR CAST(id AS TEXT) = ?1").c_str());
+  if (!st.status().ok()) return st.status();
+  st.Bind(1, name_or_id);
+  if (st.Step() != SQLITE_ROW) {
+    return absl::NotFoundError(absl::StrCat("no sweep named or numbered '", name_or_id, "'"));
+  }
+  return ReadSweep(st);
+}
+
+absl::StatusOr<std::vector<SweepRow>> Store::ListSweeps() {
+  Statement st(db_, absl::StrCat(kSweepColumns, " ORDER BY id").c_str());
+  if (!st.status().ok()) return st.status();
+  std::vector<SweepRow> rows;
+  while (st.Step() == SQLITE_ROW) rows.push_back(ReadSweep(st));
+  return rows;
+}
+
+absl::StatusOr<std::vector<TrialRow>> Store::ListTrials(int64_t sweep_id, const std::string& state) {
+  Statement st(db_,
+               "SELECT id, sweep_id, trial_key, params, config, state, attempt, checkpoint "
+               "FROM trials WHERE sweep_id = ?1 AND (?2 = '' OR state = ?2) ORDER BY id");
+  if (!st.status().ok()) return st.status();
+  st.Bind(1, sweep_id);
+  st.Bind(2, state);
+  std::vector<TrialRow> rows;
+  while (st.Step() == SQLITE_ROW) {
+    TrialRow row;
+    row.id = st.Int(0);
+    row.sweep_id = st.Int(1);
+    row.trial_key = st.Text(2);
+    row.params_json = st.Text(3);
+    row.config = st.Text(4);
+    row.state = st.Text(5);
+    row.attempt = static_cast<int>(st.Int(6));
+    if (!st.IsNull(7)) row.checkpoint = st.Text(7);
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows) {
+  if (rows.empty()) return 0;
+  if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](absl::Status s) {
+    (void)Exec("ROLLBACK");
+    return s;
+  };
+  // Fencing: every row must come from the trial's current attempt.
+  Statement attempt(db_, "SELECT attempt FROM trials WHERE id = ?");
+  Statement insert(db_,
+                   "INSERT OR IGNORE INTO metrics (trial_id, name, step, value, nonfinite, attempt, "
+                   "time) VALUES (?, ?, ?, ?, ?, ?, ?)");
+  if (!attempt.status().ok()) return fail(attempt.status());
+  if (!insert.status().ok()) return fail(insert.status());
+  int64_t checked_trial = -1, added = 0;
+  for (const MetricRow& row : rows) {
+    if (row.trial_id != checked_trial) {
+      attempt.Reset();
+      attempt.Bind(1, row.trial_id);
+      if (attempt.Step() != SQLITE_ROW) {
+        return fail(absl::NotFoundError(absl::StrCat("no trial ", row.trial_id)));
+      }
+      if (attempt.Int(0) != row.attempt) {
+        return fail(absl::FailedPreconditionError(
+            absl::StrCat("trial ", row.trial_id, ": metrics from attempt ", row.attempt,
+                         " but the current attempt is ", attempt.Int(0))));
+      }
+      checked_trial = row.trial_id;
+    }
+    if (row.name.empty() || row.step < 0) {
+      return fail(absl::InvalidArgumentError(
+          absl::StrCat("trial ", row.trial_id, ": metric needs a name and a step >= 0")));
+    }
+    insert.Reset();
+    insert.Bind(1, row.trial_id);
+    insert.Bind(2, row.name);
+    insert.Bind(3, row.step);
+    if (std::isfinite(row.value)) {
+      insert.Bind(4, row.value);
+      insert.BindNull(5);
+    } else {
+      insert.BindNull(4);
+      insert.Bind(5, std::string(std::isnan(row.value) ? "nan" : row.value > 0 ? "inf" : "-inf"));
+    }
+    insert.Bind(6, row.attempt);
+    insert.Bind(7, row.time);
+    if (insert.Step() != SQLITE_DONE) return fail(insert.Error("inserting metrics"));
+    added += sqlite3_changes(db_);
+  }
+  if (absl::Status s = Exec("COMMIT"); !s.ok()) return fail(s);
+  return added;
+}
+
+absl::Status Store::RecordEvent(double time, int64_t sweep_id, int64_t trial_id,
+                                int64_t worker_id, const std::string& kind,
+                                const std::string& detail) {
+  Statement st(db_,
+               "INSERT INTO events (time, sweep_id, trial_id, worker_id, kind, detail) "
+               "VALUES (?, ?, ?, ?, ?, ?)");
+  if (!st.status().ok()) return st.status();
+  st.Bind(1, time);
+  const int64_t ids[] = {sweep_id, trial_id, worker_id};
+  for (int i = 0; i < 3; ++i) {
+    if (ids[i] == 0) {
+      st.BindNull(2 + i);
+    } else {
+      st.Bind(2 + i, ids[i]);
+    }
+  }
+  st.Bind(5, kind);
+  st.Bind(6, detail);
+  if (st.Step() != SQLITE_DONE) return st.Error("recording an event");
+  return absl::OkStatus();
+}
+
+}  // namespace sweep::orchestrator

@@ -1,0 +1,113 @@
+// The sweep database: one SQLite file (WAL, synchronous=NORMAL, foreign keys on) holding
+// sweeps, trials, metrics, workers and an audit log of events. Schema: docs/schema.md.
+//
+// Contract
+//   * Open() creates the file or migrates it to kSchemaVersion, in one transaction per
+//     migration; a file written by a newer sweepd is refused (FailedPrecondition).
+//   * Only sweepd writes (DESIGN.md: one writer). OpenReadOnly() is for dashboards, the query
+//     RPC and tests; it never changes the file.
+//   * SubmitSweep() is idempotent: the same name with the same spec attaches to the existing
+//     sweep; the same name with another spec is AlreadyExists. Trials are rows with
+//     UNIQUE(sweep_id, trial_key), so no configuration is ever stored twice.
+//   * InsertMetrics() keys rows by (trial, name, step): re-sending a batch changes nothing.
+//     Rows from an attempt other than the trial's current one are refused
+//     (FailedPrecondition), so a requeued trial never mixes metrics of two attempts.
+//     Non-finite values are stored as NULL with `nonfinite` = 'nan' | 'inf' | '-inf'.
+//   * Times are Unix seconds (REAL) passed in by the caller, so tests control the clock.
+//
+// Thread-safety: a Store is used from one thread at a time (sweepd's writer thread).
+#ifndef SWEEP_ORCHESTRATOR_STORE_H_
+#define SWEEP_ORCHESTRATOR_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "orchestrator/spec.h"
+
+struct sqlite3;
+
+namespace sweep::orchestrator {
+
+inline constexpr int kSchemaVersion = 1;
+
+struct SweepRow {
+  int64_t id = 0;
+  std::string name;
+  std::string state;  // running | paused | completed | cancelled
+  std::string method;
+  std::string metric_name;
+  bool minimize = true;
+  int max_attempts = 3;
+  int parallel = 0;
+  std::string spec_text;
+  double created_at = 0;
+};
+
+struct TrialRow {
+  int64_t id = 0;
+  int64_t sweep_id = 0;
+  std::string trial_key;
+  std::string params_json;  // {"optim.lr": "0.003", ...} canonical values as strings
+  std::string config;       // resolved trainer config (YAML)
+  std::string state;        // pending | leased | running | completed | diverged | failed | stopped | cancelled
+  int attempt = 0;
+  std::optional<std::string> checkpoint;
+};
+
+struct MetricRow {
+  int64_t trial_id = 0;
+  int attempt = 0;
+  std::string name;
+  int64_t step = 0;
+  double value = 0;  // May be NaN or ±Inf.
+  double time = 0;
+};
+
+struct SubmitResult {
+  int64_t sweep_id = 0;
+  bool created = false;     // false: attached to an existing identical sweep
+  int64_t trials = 0;       // trials of the sweep
+};
+
+class Store {
+ public:
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<Store>> OpenReadOnly(const std::string& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  absl::StatusOr<int> SchemaVersion();
+
+  absl::StatusOr<SubmitResult> SubmitSweep(const SweepSpec& spec,
+                                           const std::vector<TrialSpec>& trials, double now);
+  absl::StatusOr<SweepRow> GetSweep(const std::string& name_or_id);
+  absl::StatusOr<std::vector<SweepRow>> ListSweeps();
+  // Trials of a sweep in id order; `state` empty for all.
+  absl::StatusOr<std::vector<TrialRow>> ListTrials(int64_t sweep_id, const std::string& state = "");
+
+  // Stores rows in one transaction. Returns how many rows were new.
+  absl::StatusOr<int64_t> InsertMetrics(const std::vector<MetricRow>& rows);
+
+  // Appends to the audit log. Ids of 0 are stored as NULL.
+  absl::Status RecordEvent(double time, int64_t sweep_id, int64_t trial_id, int64_t worker_id,
+                           const std::string& kind, const std::string& detail);
+
+  sqlite3* db() { return db_; }  // For tests and the read-only query RPC.
+
+ private:
+  explicit Store(sqlite3* db) : db_(db) {}
+  absl::Status Exec(const std::string& sql);
+  absl::Status Migrate();
+
+  sqlite3* const db_;
+};
+
+}  // namespace sweep::orchestrator
+
+#endif  // SWEEP_ORCHESTRATOR_STORE_H_

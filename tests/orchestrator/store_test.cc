@@ -1,0 +1,172 @@
+#include "orchestrator/store.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <limits>
+
+namespace sweep::orchestrator {
+namespace {
+namespace fs = std::filesystem;
+
+#define ASSERT_OK(expr)                                     \
+  do {                                                      \
+    const auto& _s = (expr);                                \
+    ASSERT_TRUE(_s.ok()) << _s.status().message();          \
+  } while (0)
+
+std::string TempDb() {
+  std::string dir = fs::temp_directory_path() / "sweep-store-XXXXXX";
+  return std::string(mkdtemp(dir.data())) + "/sweep.db";
+}
+
+constexpr char kSpec[] = R"(name: lr
+method: grid
+base: {model: {dim: 32, n_layers: 1, n_heads: 2}, data: {sources: {kjv: 1}}}
+parameters:
+  optim.lr: {values: [1e-3, 3e-3, 1e-2]}
+  optim.scheduler: {values: [cosine, wsd]}
+)";
+
+// Runs a one-value query.
+std::string Scalar(sqlite3* db, const std::string& sql) {
+  sqlite3_stmt* st = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  std::string out;
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+    out = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+  }
+  sqlite3_finalize(st);
+  return out;
+}
+
+struct Submitted {
+  std::unique_ptr<Store> store;
+  SweepSpec spec;
+  SubmitResult result;
+};
+
+Submitted Submit(const std::string& path) {
+  Submitted s;
+  s.store = *Store::Open(path);
+  s.spec = *ParseSweepSpec(kSpec, "lr.yaml");
+  s.result = *s.store->SubmitSweep(s.spec, *ExpandSweep(s.spec), 100.0);
+  return s;
+}
+
+TEST(StoreTest, CreatesAndMigratesTheSchema) {
+  const std::string path = TempDb();
+  {
+    absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+    ASSERT_OK(store);
+    EXPECT_EQ(*(*store)->SchemaVersion(), kSchemaVersion);
+    EXPECT_EQ(Scalar((*store)->db(), "PRAGMA journal_mode"), "wal");
+    EXPECT_EQ(Scalar((*store)->db(), "PRAGMA foreign_keys"), "1");
+  }
+  ASSERT_OK(Store::Open(path));  // Re-opening migrates nothing and loses nothing.
+  {
+    sqlite3* db = nullptr;
+    sqlite3_open(path.c_str(), &db);
+    sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+  }
+  absl::StatusOr<std::unique_ptr<Store>> newer = Store::Open(path);
+  ASSERT_FALSE(newer.ok());
+  EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(newer.status().message().find("newer than this sweepd"), std::string::npos);
+}
+
+TEST(StoreTest, SubmittingTwiceAttachesAndNeverDuplicatesTrials) {
+  const std::string path = TempDb();
+  Submitted s = Submit(path);
+  EXPECT_TRUE(s.result.created);
+  EXPECT_EQ(s.result.trials, 6);
+  absl::StatusOr<SubmitResult> again = s.store->SubmitSweep(s.spec, *ExpandSweep(s.spec), 200.0);
+  ASSERT_OK(again);
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->sweep_id, s.result.sweep_id);
+  EXPECT_EQ(Scalar(s.store->db(), "SELECT COUNT(*) FROM trials"), "6");
+
+  SweepSpec changed = *ParseSweepSpec(std::string(kSpec) + "max_attempts: 5\n", "lr2.yaml");
+  absl::StatusOr<SubmitResult> clash = s.store->SubmitSweep(changed, *ExpandSweep(changed), 300.0);
+  ASSERT_FALSE(clash.ok());
+  EXPECT_EQ(clash.status().code(), absl::StatusCode::kAlreadyExists);
+
+  absl::StatusOr<SweepRow> sweep = s.store->GetSweep("lr");
+  ASSERT_OK(sweep);
+  EXPECT_EQ(sweep->state, "running");
+  EXPECT_EQ(sweep->metric_name, "loss/val");
+  EXPECT_EQ(s.store->GetSweep("nope").status().code(), absl::StatusCode::kNotFound);
+  absl::StatusOr<std::vector<TrialRow>> trials = s.store->ListTrials(sweep->id, "pending");
+  ASSERT_OK(trials);
+  ASSERT_EQ(trials->size(), 6u);
+  EXPECT_EQ((*trials)[0].trial_key, "optim.lr=0.001,optim.scheduler=cosine");
+  EXPECT_NE((*trials)[0].config.find("scheduler: cosine"), std::string::npos);
+}
+
+TEST(StoreTest, PerSweepViewHasTypedParameterColumns) {
+  Submitted s = Submit(TempDb());
+  const std::string view = "sweep_" + std::to_string(s.result.sweep_id) + "_trials";
+  EXPECT_EQ(Scalar(s.store->db(), "SELECT typeof(\"optim.lr\") FROM " + view + " LIMIT 1"), "real");
+  EXPECT_EQ(Scalar(s.store->db(), "SELECT COUNT(*) FROM " + view +
+                                      " WHERE \"optim.lr\" > 0.002 AND \"optim.scheduler\" = 'wsd'"),
+            "2");
+}
+
+TEST(StoreTest, MetricsAreIdempotentFencedAndKeepNonFiniteValues) {
+  Submitted s = Submit(TempDb());
+  const int64_t trial = (*s.store->ListTrials(s.result.sweep_id))[0].id;
+  std::vector<MetricRow> batch;
+  for (int step = 1; step <= 50; ++step) {
+    batch.push_back({trial, 0, "loss/out", step, 5.0 - step * 0.01, 1000.0 + step});
+    batch.push_back({trial, 0, "optim/grad_norm", step, 0.5, 1000.0 + step});
+  }
+  batch.push_back({trial, 0, "loss/out", 51, std::numeric_limits<double>::quiet_NaN(), 1051});
+  batch.push_back({trial, 0, "optim/grad_norm", 51, std::numeric_limits<double>::infinity(), 1051});
+  EXPECT_EQ(*s.store->InsertMetrics(batch), 102);
+  EXPECT_EQ(*s.store->InsertMetrics(batch), 0);  // A re-sent batch changes nothing.
+  sqlite3* db = s.store->db();
+  EXPECT_EQ(Scalar(db, "SELECT COUNT(*) FROM metrics"), "102");
+  EXPECT_EQ(Scalar(db, "SELECT nonfinite FROM metrics WHERE step = 51 AND name = 'loss/out'"), "nan");
+  EXPECT_EQ(Scalar(db, "SELECT value FROM metrics WHERE step = 51 AND name = 'loss/out'"), "");
+  EXPECT_EQ(Scalar(db, "SELECT value_text FROM metric_values WHERE step = 51 AND name = 'optim/grad_norm'"), "inf");
+
+  // A batch from a stale attempt is refused whole.
+  std::vector<MetricRow> stale = {{trial, 0, "loss/out", 60, 1.0, 1060}};
+  ASSERT_EQ(sqlite3_exec(db, ("UPDATE trials SET attempt = 1 WHERE id = " + std::to_string(trial)).c_str(),
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  absl::StatusOr<int64_t> refused = s.store->InsertMetrics(stale);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Scalar(db, "SELECT COUNT(*) FROM metrics WHERE step = 60"), "0");
+  EXPECT_EQ(s.store->InsertMetrics({{999, 0, "loss/out", 1, 1.0, 0}}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(Scalar(db, "PRAGMA integrity_check"), "ok");
+}
+
+TEST(StoreTest, ReadOnlyConnectionsCannotWrite) {
+  const std::string path = TempDb();
+  Submitted s = Submit(path);
+  absl::StatusOr<std::unique_ptr<Store>> reader = Store::OpenReadOnly(path);
+  ASSERT_OK(reader);
+  EXPECT_EQ(Scalar((*reader)->db(), "SELECT COUNT(*) FROM trials"), "6");
+  EXPECT_NE(sqlite3_exec((*reader)->db(), "DELETE FROM trials", nullptr, nullptr, nullptr), SQLITE_OK);
+  EXPECT_EQ(Scalar(s.store->db(), "SELECT COUNT(*) FROM trials"), "6");
+  EXPECT_EQ(Store::OpenReadOnly(path + ".missing").status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(StoreTest, EventsFormAnAuditLog) {
+  Submitted s = Submit(TempDb());
+  ASSERT_TRUE(s.store->RecordEvent(150.0, s.result.sweep_id, 0, 0, "paused", "by user").ok());
+  EXPECT_EQ(Scalar(s.store->db(), "SELECT group_concat(kind, ',') FROM (SELECT kind FROM events ORDER BY id)"),
+            "submitted,paused");
+  EXPECT_EQ(Scalar(s.store->db(), "SELECT detail FROM events WHERE kind = 'submitted'"),
+            "6 trials from lr.yaml");
+}
+
+}  // namespace
+}  // namespace sweep::orchestrator
