@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "orchestrator/sql.h"
 
 namespace sweep::orchestrator {
 namespace {
@@ -26,6 +27,9 @@ CREATE TABLE sweeps (
   max_attempts INTEGER NOT NULL CHECK (max_attempts >= 1),
   parallel     INTEGER NOT NULL DEFAULT 0,
   priority     INTEGER NOT NULL DEFAULT 0,
+  gpus_per_trial      INTEGER NOT NULL DEFAULT 0,
+  cpu_slots_per_trial INTEGER NOT NULL DEFAULT 1,
+  trainer_command     TEXT NOT NULL DEFAULT '[]',
   spec_text    TEXT NOT NULL,
   spec_hash    TEXT NOT NULL,
   created_at   REAL NOT NULL,
@@ -60,6 +64,8 @@ CREATE TABLE trials (
   lease_expires_at REAL,
   checkpoint       TEXT,
   checkpoint_step  INTEGER,
+  stop_requested   INTEGER NOT NULL DEFAULT 0,
+  attempt_errors   TEXT NOT NULL DEFAULT '[]',
   last_step        INTEGER,
   final_metric     REAL,
   diverged_step    INTEGER,
@@ -109,49 +115,6 @@ FROM metrics;
 )sql",
 };
 
-class Statement {
- public:
-  Statement(sqlite3* db, const char* sql) : db_(db) {
-    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
-  }
-  ~Statement() { sqlite3_finalize(stmt_); }
-  Statement(const Statement&) = delete;
-  Statement& operator=(const Statement&) = delete;
-
-  absl::Status status() const {
-    if (rc_ == SQLITE_OK) return absl::OkStatus();
-    return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
-  }
-  void Bind(int i, int64_t v) { sqlite3_bind_int64(stmt_, i, v); }
-  void Bind(int i, int v) { sqlite3_bind_int64(stmt_, i, v); }
-  void Bind(int i, double v) { sqlite3_bind_double(stmt_, i, v); }
-  void Bind(int i, const std::string& v) {
-    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-  }
-  void BindNull(int i) { sqlite3_bind_null(stmt_, i); }
-  // SQLITE_ROW, SQLITE_DONE or an error code.
-  int Step() { return sqlite3_step(stmt_); }
-  void Reset() {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
-  double Double(int col) { return sqlite3_column_double(stmt_, col); }
-  bool IsNull(int col) { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
-  std::string Text(int col) {
-    const unsigned char* text = sqlite3_column_text(stmt_, col);
-    return text == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(text));
-  }
-  absl::Status Error(const char* what) {
-    return absl::InternalError(absl::StrCat(what, ": ", sqlite3_errmsg(db_)));
-  }
-
- private:
-  sqlite3* const db_;
-  sqlite3_stmt* stmt_ = nullptr;
-  int rc_;
-};
-
 std::string Fnv1aHex(const std::string& text) {
   uint64_t hash = 1469598103934665603ull;
   for (unsigned char c : text) {
@@ -198,15 +161,7 @@ std::string QuoteIdentifier(const std::string& name) {
 
 Store::~Store() { sqlite3_close(db_); }
 
-absl::Status Store::Exec(const std::string& sql) {
-  char* error = nullptr;
-  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
-    absl::Status s = absl::InternalError(absl::StrCat("sqlite: ", error != nullptr ? error : "?"));
-    sqlite3_free(error);
-    return s;
-  }
-  return absl::OkStatus();
-}
+absl::Status Store::Exec(const std::string& sql) { return ExecSql(db_, sql); }
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   sqlite3* db = nullptr;
@@ -296,7 +251,8 @@ absl::StatusOr<SubmitResult> Store::SubmitSweep(const SweepSpec& spec,
   Statement insert_sweep(
       db_,
       "INSERT INTO sweeps (name, state, method, metric_name, metric_goal, max_attempts, parallel, "
-      "spec_text, spec_hash, created_at, updated_at) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      "spec_text, spec_hash, created_at, updated_at, gpus_per_trial, cpu_slots_per_trial, "
+      "trainer_command) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   if (!insert_sweep.status().ok()) return fail(insert_sweep.status());
   insert_sweep.Bind(1, spec.name);
   insert_sweep.Bind(2, std::string(spec.method == SearchMethod::kGrid ? "grid" : "random"));
@@ -308,6 +264,9 @@ absl::StatusOr<SubmitResult> Store::SubmitSweep(const SweepSpec& spec,
   insert_sweep.Bind(8, hash);
   insert_sweep.Bind(9, now);
   insert_sweep.Bind(10, now);
+  insert_sweep.Bind(11, spec.gpus_per_trial);
+  insert_sweep.Bind(12, spec.cpu_slots_per_trial);
+  insert_sweep.Bind(13, nlohmann::json(spec.command).dump());
   if (insert_sweep.Step() != SQLITE_DONE) return fail(insert_sweep.Error("inserting the sweep"));
   const int64_t sweep_id = sqlite3_last_insert_rowid(db_);
 
@@ -421,8 +380,8 @@ absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows)
     (void)Exec("ROLLBACK");
     return s;
   };
-  // Fencing: every row must come from the trial's current attempt.
-  Statement attempt(db_, "SELECT attempt FROM trials WHERE id = ?");
+  // Fencing: every row must come from the trial's current attempt, while it holds a lease.
+  Statement attempt(db_, "SELECT attempt, state IN ('leased', 'running') FROM trials WHERE id = ?");
   Statement insert(db_,
                    "INSERT OR IGNORE INTO metrics (trial_id, name, step, value, nonfinite, attempt, "
                    "time) VALUES (?, ?, ?, ?, ?, ?, ?)");
@@ -436,10 +395,10 @@ absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows)
       if (attempt.Step() != SQLITE_ROW) {
         return fail(absl::NotFoundError(absl::StrCat("no trial ", row.trial_id)));
       }
-      if (attempt.Int(0) != row.attempt) {
+      if (attempt.Int(0) != row.attempt || attempt.Int(1) == 0) {
         return fail(absl::FailedPreconditionError(
             absl::StrCat("trial ", row.trial_id, ": metrics from attempt ", row.attempt,
-                         " but the current attempt is ", attempt.Int(0))));
+                         ", which holds no lease (current attempt ", attempt.Int(0), ")")));
       }
       checked_trial = row.trial_id;
     }

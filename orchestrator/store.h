@@ -10,7 +10,7 @@
 //     sweep; the same name with another spec is AlreadyExists. Trials are rows with
 //     UNIQUE(sweep_id, trial_key), so no configuration is ever stored twice.
 //   * InsertMetrics() keys rows by (trial, name, step): re-sending a batch changes nothing.
-//     Rows from an attempt other than the trial's current one are refused
+//     Rows from an attempt other than the trial's current, leased one are refused
 //     (FailedPrecondition), so a requeued trial never mixes metrics of two attempts.
 //     Non-finite values are stored as NULL with `nonfinite` = 'nan' | 'inf' | '-inf'.
 //   * Times are Unix seconds (REAL) passed in by the caller, so tests control the clock.

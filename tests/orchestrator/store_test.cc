@@ -119,13 +119,19 @@ TEST(StoreTest, PerSweepViewHasTypedParameterColumns) {
 TEST(StoreTest, MetricsAreIdempotentFencedAndKeepNonFiniteValues) {
   Submitted s = Submit(TempDb());
   const int64_t trial = (*s.store->ListTrials(s.result.sweep_id))[0].id;
+  // As the scheduler leaves a leased trial (tests/orchestrator/scheduler_test.cc leases for real).
+  ASSERT_EQ(sqlite3_exec(s.store->db(),
+                         ("UPDATE trials SET state = 'running', attempt = 1 WHERE id = " +
+                          std::to_string(trial)).c_str(),
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
   std::vector<MetricRow> batch;
   for (int step = 1; step <= 50; ++step) {
-    batch.push_back({trial, 0, "loss/out", step, 5.0 - step * 0.01, 1000.0 + step});
-    batch.push_back({trial, 0, "optim/grad_norm", step, 0.5, 1000.0 + step});
+    batch.push_back({trial, 1, "loss/out", step, 5.0 - step * 0.01, 1000.0 + step});
+    batch.push_back({trial, 1, "optim/grad_norm", step, 0.5, 1000.0 + step});
   }
-  batch.push_back({trial, 0, "loss/out", 51, std::numeric_limits<double>::quiet_NaN(), 1051});
-  batch.push_back({trial, 0, "optim/grad_norm", 51, std::numeric_limits<double>::infinity(), 1051});
+  batch.push_back({trial, 1, "loss/out", 51, std::numeric_limits<double>::quiet_NaN(), 1051});
+  batch.push_back({trial, 1, "optim/grad_norm", 51, std::numeric_limits<double>::infinity(), 1051});
   EXPECT_EQ(*s.store->InsertMetrics(batch), 102);
   EXPECT_EQ(*s.store->InsertMetrics(batch), 0);  // A re-sent batch changes nothing.
   sqlite3* db = s.store->db();
@@ -135,8 +141,8 @@ TEST(StoreTest, MetricsAreIdempotentFencedAndKeepNonFiniteValues) {
   EXPECT_EQ(Scalar(db, "SELECT value_text FROM metric_values WHERE step = 51 AND name = 'optim/grad_norm'"), "inf");
 
   // A batch from a stale attempt is refused whole.
-  std::vector<MetricRow> stale = {{trial, 0, "loss/out", 60, 1.0, 1060}};
-  ASSERT_EQ(sqlite3_exec(db, ("UPDATE trials SET attempt = 1 WHERE id = " + std::to_string(trial)).c_str(),
+  std::vector<MetricRow> stale = {{trial, 1, "loss/out", 60, 1.0, 1060}};
+  ASSERT_EQ(sqlite3_exec(db, ("UPDATE trials SET attempt = 2 WHERE id = " + std::to_string(trial)).c_str(),
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
   absl::StatusOr<int64_t> refused = s.store->InsertMetrics(stale);

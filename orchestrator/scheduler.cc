@@ -1,0 +1,478 @@
+#include "orchestrator/scheduler.h"
+
+#include <chrono>
+#include <map>
+#include <tuple>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "orchestrator/sql.h"
+
+namespace sweep::orchestrator {
+namespace {
+
+const char* OutcomeState(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kCompleted:
+      return "completed";
+    case Outcome::kDiverged:
+      return "diverged";
+    case Outcome::kFailed:
+      return "failed";
+    case Outcome::kStopped:
+      return "stopped";
+  }
+  return "failed";
+}
+
+// Runs `body` inside BEGIN IMMEDIATE ... COMMIT, rolling back when it fails.
+template <typename F>
+absl::Status InTransaction(sqlite3* db, F body) {
+  if (absl::Status s = ExecSql(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
+  absl::Status s = body();
+  if (!s.ok()) {
+    (void)ExecSql(db, "ROLLBACK");
+    return s;
+  }
+  if (absl::Status c = ExecSql(db, "COMMIT"); !c.ok()) {
+    (void)ExecSql(db, "ROLLBACK");
+    return c;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+double SystemClock::Now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+Scheduler::Scheduler(Store* store, Clock* clock, SchedulerOptions options)
+    : store_(store), clock_(clock), options_(options) {}
+
+absl::Status Scheduler::Exec(const std::string& sql) { return ExecSql(store_->db(), sql); }
+
+absl::Status Scheduler::Event(int64_t sweep_id, int64_t trial_id, int64_t worker_id,
+                              const std::string& kind, const std::string& detail) {
+  return store_->RecordEvent(clock_->Now(), sweep_id, trial_id, worker_id, kind, detail);
+}
+
+absl::StatusOr<int64_t> Scheduler::RegisterWorker(const WorkerInfo& info) {
+  if (info.name.empty()) return absl::InvalidArgumentError("worker name must not be empty");
+  if (info.gpus < 0 || info.cpu_slots < 0 || info.gpus + info.cpu_slots == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker ", info.name, ": needs at least one GPU or CPU slot"));
+  }
+  int64_t id = 0;
+  absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
+    const double now = clock_->Now();
+    Statement upsert(store_->db(),
+                     "INSERT INTO workers (name, host, gpus, cpu_slots, labels, registered_at, "
+                     "last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(name) DO UPDATE "
+                     "SET host = ?2, gpus = ?3, cpu_slots = ?4, labels = ?5, last_seen = ?6, "
+                     "state = CASE state WHEN 'gone' THEN 'active' ELSE state END RETURNING id");
+    if (!upsert.status().ok()) return upsert.status();
+    upsert.Bind(1, info.name);
+    upsert.Bind(2, info.host);
+    upsert.Bind(3, info.gpus);
+    upsert.Bind(4, info.cpu_slots);
+    upsert.Bind(5, info.labels_json);
+    upsert.Bind(6, now);
+    if (upsert.Step() != SQLITE_ROW) return upsert.Error("registering the worker");
+    id = upsert.Int(0);
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  if (absl::Status e = Event(0, 0, id, "worker_registered", info.name); !e.ok()) return e;
+  return id;
+}
+
+absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int free_gpus,
+                                                          int free_cpu_slots, int max_trials) {
+  std::vector<Lease> leases;
+  absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
+    const double now = clock_->Now();
+    Statement worker(store_->db(), "SELECT state, name FROM workers WHERE id = ?");
+    worker.Bind(1, worker_id);
+    if (worker.Step() != SQLITE_ROW) {
+      return absl::NotFoundError(absl::StrCat("no worker ", worker_id, "; register first"));
+    }
+    if (worker.Text(0) == "quarantined") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("worker ", worker.Text(1), " is quarantined after repeated failures; "
+                       "sweepctl workers shows why"));
+    }
+    // Candidates in priority order; `running_now` counts the sweep's live leases.
+    Statement candidates(
+        store_->db(),
+        "SELECT t.id, t.attempt, s.id, s.name, t.trial_key, t.config, s.trainer_command, "
+        "       t.checkpoint, s.gpus_per_trial, s.cpu_slots_per_trial, s.parallel, "
+        "       (SELECT COUNT(*) FROM trials r WHERE r.sweep_id = s.id "
+        "          AND r.state IN ('leased', 'running')) "
+        "FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
+        "WHERE t.state = 'pending' AND s.state = 'running' "
+        "ORDER BY s.priority DESC, s.id, t.id");
+    if (!candidates.status().ok()) return candidates.status();
+    Statement take(store_->db(),
+                   "UPDATE trials SET state = 'leased', attempt = attempt + 1, worker_id = ?, "
+                   "lease_expires_at = ?, stop_requested = 0, started_at = COALESCE(started_at, ?) "
+                   "WHERE id = ? AND state = 'pending'");
+    std::map<int64_t, int> taken_per_sweep;
+    while (static_cast<int>(leases.size()) < max_trials && candidates.Step() == SQLITE_ROW) {
+      const int gpus = static_cast<int>(candidates.Int(8));
+      const int cpu_slots = gpus > 0 ? 0 : static_cast<int>(candidates.Int(9));
+      const int64_t sweep_id = candidates.Int(2);
+      const int parallel = static_cast<int>(candidates.Int(10));
+      if (parallel > 0 && candidates.Int(11) + taken_per_sweep[sweep_id] >= parallel) continue;
+      if (gpus > free_gpus || cpu_slots > free_cpu_slots) continue;
+      Lease lease;
+      lease.trial_id = candidates.Int(0);
+      lease.attempt = static_cast<int>(candidates.Int(1)) + 1;
+      lease.sweep_id = sweep_id;
+      lease.sweep_name = candidates.Text(3);
+      lease.trial_key = candidates.Text(4);
+      lease.config = candidates.Text(5);
+      lease.command = nlohmann::json::parse(candidates.Text(6)).get<std::vector<std::string>>();
+      if (!candidates.IsNull(7)) lease.checkpoint = candidates.Text(7);
+      lease.gpus = gpus;
+      lease.cpu_slots = cpu_slots;
+      lease.expires_at = now + options_.lease_ttl;
+      take.Reset();
+      take.Bind(1, worker_id);
+      take.Bind(2, lease.expires_at);
+      take.Bind(3, now);
+      take.Bind(4, lease.trial_id);
+      if (take.Step() != SQLITE_DONE) return take.Error("leasing a trial");
+      free_gpus -= gpus;
+      free_cpu_slots -= cpu_slots;
+      ++taken_per_sweep[sweep_id];
+      if (absl::Status e = Event(sweep_id, lease.trial_id, worker_id, "leased",
+                                 absl::StrCat("attempt ", lease.attempt,
+                                              lease.checkpoint ? ", resumes from " + *lease.checkpoint
+                                                               : std::string()));
+          !e.ok()) {
+        return e;
+      }
+      leases.push_back(std::move(lease));
+    }
+    Statement seen(store_->db(), "UPDATE workers SET last_seen = ? WHERE id = ?");
+    seen.Bind(1, now);
+    seen.Bind(2, worker_id);
+    if (seen.Step() != SQLITE_DONE) return seen.Error("updating the worker");
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return leases;
+}
+
+absl::Status Scheduler::CheckFence(int64_t trial_id, int attempt, int64_t* sweep_id,
+                                   int64_t* worker_id) {
+  Statement st(store_->db(), "SELECT attempt, state, sweep_id, worker_id FROM trials WHERE id = ?");
+  st.Bind(1, trial_id);
+  if (st.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("no trial ", trial_id));
+  const std::string state = st.Text(1);
+  if (st.Int(0) != attempt || (state != "leased" && state != "running")) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("trial ", trial_id, " attempt ", attempt, " holds no lease (trial is ",
+                     state, " at attempt ", st.Int(0), ")"));
+  }
+  *sweep_id = st.Int(2);
+  *worker_id = st.IsNull(3) ? 0 : st.Int(3);
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::MarkRunning(int64_t trial_id, int attempt) {
+  return InTransaction(store_->db(), [&]() -> absl::Status {
+    int64_t sweep_id, worker_id;
+    if (absl::Status s = CheckFence(trial_id, attempt, &sweep_id, &worker_id); !s.ok()) return s;
+    if (absl::Status s = Exec(absl::StrCat("UPDATE trials SET state = 'running' WHERE id = ", trial_id));
+        !s.ok()) {
+      return s;
+    }
+    return Event(sweep_id, trial_id, worker_id, "running", absl::StrCat("attempt ", attempt));
+  });
+}
+
+absl::StatusOr<std::vector<StopRequest>> Scheduler::Heartbeat(
+    int64_t worker_id, const std::vector<TrialProgress>& trials) {
+  std::vector<StopRequest> stops;
+  absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
+    const double now = clock_->Now();
+    Statement seen(store_->db(), "UPDATE workers SET last_seen = ? WHERE id = ?");
+    seen.Bind(1, now);
+    seen.Bind(2, worker_id);
+    if (seen.Step() != SQLITE_DONE || sqlite3_changes(store_->db()) == 0) {
+      return absl::NotFoundError(absl::StrCat("no worker ", worker_id, "; register first"));
+    }
+    Statement get(store_->db(),
+                  "SELECT t.attempt, t.state, t.worker_id, t.stop_requested, s.state "
+                  "FROM trials t JOIN sweeps s ON s.id = t.sweep_id WHERE t.id = ?");
+    Statement renew(store_->db(),
+                    "UPDATE trials SET lease_expires_at = ?, last_step = MAX(COALESCE(last_step, 0), ?) "
+                    "WHERE id = ?");
+    for (const TrialProgress& p : trials) {
+      get.Reset();
+      get.Bind(1, p.trial_id);
+      if (get.Step() != SQLITE_ROW) {
+        stops.push_back({p.trial_id, p.attempt, "unknown trial"});
+        continue;
+      }
+      const std::string state = get.Text(1);
+      const bool holds = get.Int(0) == p.attempt && (state == "leased" || state == "running") &&
+                         !get.IsNull(2) && get.Int(2) == worker_id;
+      if (!holds) {
+        stops.push_back({p.trial_id, p.attempt, "lease lost (requeued or reassigned)"});
+        continue;
+      }
+      renew.Reset();
+      renew.Bind(1, now + options_.lease_ttl);
+      renew.Bind(2, p.step);
+      renew.Bind(3, p.trial_id);
+      if (renew.Step() != SQLITE_DONE) return renew.Error("renewing a lease");
+      const std::string sweep_state = get.Text(4);
+      if (get.Int(3) != 0 || sweep_state == "cancelled") {
+        stops.push_back({p.trial_id, p.attempt,
+                         sweep_state == "cancelled" ? "sweep cancelled" : "stop requested"});
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return stops;
+}
+
+absl::Status Scheduler::ReportCheckpoint(int64_t trial_id, int attempt, const std::string& path,
+                                         int64_t step) {
+  return InTransaction(store_->db(), [&]() -> absl::Status {
+    int64_t sweep_id, worker_id;
+    if (absl::Status s = CheckFence(trial_id, attempt, &sweep_id, &worker_id); !s.ok()) return s;
+    Statement st(store_->db(), "UPDATE trials SET checkpoint = ?, checkpoint_step = ? WHERE id = ?");
+    st.Bind(1, path);
+    st.Bind(2, step);
+    st.Bind(3, trial_id);
+    if (st.Step() != SQLITE_DONE) return st.Error("recording a checkpoint");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion& c) {
+  return InTransaction(store_->db(), [&]() -> absl::Status {
+    int64_t sweep_id, worker_id;
+    if (absl::Status s = CheckFence(trial_id, attempt, &sweep_id, &worker_id); !s.ok()) return s;
+    const double now = clock_->Now();
+    Statement info(store_->db(),
+                   "SELECT t.stop_requested, s.state FROM trials t JOIN sweeps s "
+                   "ON s.id = t.sweep_id WHERE t.id = ?");
+    info.Bind(1, trial_id);
+    if (info.Step() != SQLITE_ROW) return info.Error("reading the trial");
+    const std::string sweep_state = info.Text(1);
+    std::string state = OutcomeState(c.outcome);
+    // Stopped for a pause: wait as pending and resume from the checkpoint later.
+    if (c.outcome == Outcome::kStopped && sweep_state == "paused") state = "pending";
+    if (sweep_state == "cancelled" && c.outcome == Outcome::kStopped) state = "cancelled";
+    Statement st(store_->db(),
+                 "UPDATE trials SET state = ?, worker_id = NULL, lease_expires_at = NULL, "
+                 "last_step = ?, final_metric = ?, diverged_step = ?, error = ?, "
+                 "finished_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END WHERE id = ?");
+    st.Bind(1, state);
+    st.Bind(2, c.last_step);
+    if (c.final_metric) {
+      st.Bind(3, *c.final_metric);
+    } else {
+      st.BindNull(3);
+    }
+    if (c.outcome == Outcome::kDiverged) {
+      st.Bind(4, c.diverged_step);
+    } else {
+      st.BindNull(4);
+    }
+    if (c.error.empty()) {
+      st.BindNull(5);
+    } else {
+      st.Bind(5, c.error);
+    }
+    st.Bind(6, state);
+    st.Bind(7, now);
+    st.Bind(8, trial_id);
+    if (st.Step() != SQLITE_DONE) return st.Error("completing a trial");
+    // Quarantine bookkeeping: a worker whose trials keep failing gets no more of them.
+    if (worker_id != 0) {
+      const bool failed = c.outcome == Outcome::kFailed;
+      if (absl::Status s = Exec(absl::StrCat(
+              "UPDATE workers SET consecutive_failures = ",
+              failed ? "consecutive_failures + 1" : "0", " WHERE id = ", worker_id));
+          !s.ok()) {
+        return s;
+      }
+      if (failed) {
+        Statement q(store_->db(),
+                    "UPDATE workers SET state = 'quarantined' WHERE id = ? AND state = 'active' "
+                    "AND consecutive_failures >= ?");
+        q.Bind(1, worker_id);
+        q.Bind(2, options_.quarantine_after);
+        if (q.Step() != SQLITE_DONE) return q.Error("quarantining a worker");
+        if (sqlite3_changes(store_->db()) > 0) {
+          if (absl::Status e = Event(0, 0, worker_id, "worker_quarantined",
+                                     absl::StrCat(options_.quarantine_after,
+                                                  " failed trials in a row"));
+              !e.ok()) {
+            return e;
+          }
+        }
+      }
+    }
+    if (absl::Status e = Event(sweep_id, trial_id, worker_id, state,
+                               absl::StrCat("attempt ", attempt,
+                                            c.error.empty() ? "" : ": " + c.error));
+        !e.ok()) {
+      return e;
+    }
+    // A sweep with no trial left to run is completed.
+    return Exec(absl::StrCat(
+        "UPDATE sweeps SET state = 'completed', updated_at = ", now, " WHERE id = ", sweep_id,
+        " AND state = 'running' AND NOT EXISTS (SELECT 1 FROM trials WHERE sweep_id = ", sweep_id,
+        " AND state IN ('pending', 'leased', 'running'))"));
+  });
+}
+
+absl::StatusOr<int> Scheduler::ExpireLeases() {
+  int expired = 0;
+  absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
+    const double now = clock_->Now();
+    Statement find(store_->db(),
+                   "SELECT t.id, t.attempt, t.sweep_id, t.worker_id, s.max_attempts, "
+                   "t.attempt_errors FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
+                   "WHERE t.state IN ('leased', 'running') AND t.lease_expires_at < ?");
+    find.Bind(1, now);
+    Statement update(store_->db(),
+                     "UPDATE trials SET state = ?, worker_id = NULL, lease_expires_at = NULL, "
+                     "attempt_errors = ?, error = ?, finished_at = ? WHERE id = ?");
+    std::vector<std::tuple<int64_t, int64_t, int64_t, std::string>> events;
+    while (find.Step() == SQLITE_ROW) {
+      const int64_t trial_id = find.Int(0);
+      const int attempt = static_cast<int>(find.Int(1));
+      nlohmann::json errors = nlohmann::json::parse(find.Text(5), nullptr, false);
+      if (!errors.is_array()) errors = nlohmann::json::array();
+      errors.push_back(absl::StrCat("attempt ", attempt, ": lease expired (worker lost)"));
+      const bool give_up = attempt >= find.Int(4);
+      update.Reset();
+      update.Bind(1, std::string(give_up ? "failed" : "pending"));
+      update.Bind(2, errors.dump());
+      if (give_up) {
+        update.Bind(3, absl::StrCat("failed after ", attempt, " attempts: ", errors.dump()));
+        update.Bind(4, now);
+      } else {
+        update.BindNull(3);
+        update.BindNull(4);
+      }
+      update.Bind(5, trial_id);
+      if (update.Step() != SQLITE_DONE) return update.Error("expiring a lease");
+      events.emplace_back(find.Int(2), trial_id, find.IsNull(3) ? 0 : find.Int(3),
+                          give_up ? "failed" : "requeued");
+      ++expired;
+    }
+    for (const auto& [sweep_id, trial_id, worker_id, kind] : events) {
+      if (absl::Status e = Event(sweep_id, trial_id, worker_id, kind, "lease expired"); !e.ok()) {
+        return e;
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return expired;
+}
+
+namespace {
+
+absl::StatusOr<int64_t> SweepId(Store* store, const std::string& sweep) {
+  absl::StatusOr<SweepRow> row = store->GetSweep(sweep);
+  if (!row.ok()) return row.status();
+  return row->id;
+}
+
+}  // namespace
+
+absl::Status Scheduler::PauseSweep(const std::string& sweep, bool stop_running) {
+  absl::StatusOr<int64_t> id = SweepId(store_, sweep);
+  if (!id.ok()) return id.status();
+  return InTransaction(store_->db(), [&]() -> absl::Status {
+    if (absl::Status s = Exec(absl::StrCat("UPDATE sweeps SET state = 'paused', updated_at = ",
+                                           clock_->Now(), " WHERE id = ", *id,
+                                           " AND state = 'running'"));
+        !s.ok()) {
+      return s;
+    }
+    if (stop_running) {
+      if (absl::Status s = Exec(absl::StrCat("UPDATE trials SET stop_requested = 1 WHERE sweep_id = ",
+                                             *id, " AND state IN ('leased', 'running')"));
+          !s.ok()) {
+        return s;
+      }
+    }
+    return Event(*id, 0, 0, "paused", stop_running ? "running trials stop with a checkpoint" : "");
+  });
+}
+
+absl::Status Scheduler::ResumeSweep(const std::string& sweep) {
+  absl::StatusOr<int64_t> id = SweepId(store_, sweep);
+  if (!id.ok()) return id.status();
+  return InTransaction(store_->db(), [&]() -> absl::Status {
+    if (absl::Status s = Exec(absl::StrCat("UPDATE sweeps SET state = 'running', updated_at = ",
+                                           clock_->Now(), " WHERE id = ", *id,
+                                           " AND state = 'paused'"));
+        !s.ok()) {
+      return s;
+    }
+    return Event(*id, 0, 0, "resumed", "");
+  });
+}
+
+absl::Status Scheduler::CancelSweep(const std::string& sweep) {
+  absl::StatusOr<int64_t> id = SweepId(store_, sweep);
+  if (!id.ok()) return id.status();
+  return InTransaction(store_->db(), [&]() -> absl::Status {
+    const double now = clock_->Now();
+    for (const std::string& sql : {
+             absl::StrCat("UPDATE sweeps SET state = 'cancelled', updated_at = ", now,
+                          " WHERE id = ", *id),
+             absl::StrCat("UPDATE trials SET state = 'cancelled', finished_at = ", now,
+                          " WHERE sweep_id = ", *id, " AND state = 'pending'"),
+             absl::StrCat("UPDATE trials SET stop_requested = 1 WHERE sweep_id = ", *id,
+                          " AND state IN ('leased', 'running')")}) {
+      if (absl::Status s = Exec(sql); !s.ok()) return s;
+    }
+    return Event(*id, 0, 0, "cancelled", "");
+  });
+}
+
+absl::Status Scheduler::RetryTrial(int64_t trial_id) {
+  return InTransaction(store_->db(), [&]() -> absl::Status {
+    Statement st(store_->db(),
+                 "UPDATE trials SET state = 'pending', error = NULL, finished_at = NULL, "
+                 "attempt_errors = '[]' WHERE id = ? AND state IN ('failed', 'diverged', "
+                 "'stopped', 'cancelled') RETURNING sweep_id");
+    st.Bind(1, trial_id);
+    if (st.Step() != SQLITE_ROW) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "trial ", trial_id, " cannot be retried: it does not exist or has not ended"));
+    }
+    const int64_t sweep_id = st.Int(0);
+    if (absl::Status s = Exec(absl::StrCat("UPDATE sweeps SET state = 'running' WHERE id = ",
+                                           sweep_id, " AND state IN ('completed', 'cancelled')"));
+        !s.ok()) {
+      return s;
+    }
+    return Event(sweep_id, trial_id, 0, "retry", "");
+  });
+}
+
+absl::Status Scheduler::ReleaseWorker(const std::string& name) {
+  Statement st(store_->db(),
+               "UPDATE workers SET state = 'active', consecutive_failures = 0 WHERE name = ? "
+               "RETURNING id");
+  st.Bind(1, name);
+  if (st.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("no worker named ", name));
+  return Event(0, 0, st.Int(0), "worker_released", name);
+}
+
+}  // namespace sweep::orchestrator

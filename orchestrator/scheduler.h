@@ -1,0 +1,148 @@
+// The scheduler: hands trials to workers under leases, and moves trials through
+//   pending -> leased -> running -> completed | diverged | failed | stopped | cancelled.
+// Every transition is one SQLite transaction on the Store, recorded in `events`.
+//
+// Contract
+//   * Leases: LeaseTrials() gives a worker pending trials of running sweeps (highest priority
+//     first, then oldest) that fit its free GPUs / CPU slots and each sweep's `parallel`.
+//     Each lease starts a new attempt (attempt + 1): the attempt number is the fencing token
+//     every later call must carry. A call with another attempt, or for a trial that no longer
+//     holds a lease, is FailedPrecondition and changes nothing.
+//   * Heartbeat() renews the worker's leases for lease_ttl seconds and answers with the
+//     trials to stop (sweep paused with stop, cancelled, trial cancelled, or a lease the
+//     worker no longer holds).
+//   * ExpireLeases() requeues trials whose lease ran out: back to pending (the next attempt
+//     resumes from the last reported checkpoint), or failed after max_attempts, with the
+//     reason of each attempt kept in attempt_errors.
+//   * A worker whose trials fail `quarantine_after` times in a row is quarantined: it gets no
+//     more trials until an operator releases it.
+//   * Pause stops handing out a sweep's trials (running ones go on, or are stopped with a
+//     checkpoint when asked, and then wait as pending); Resume undoes it; Cancel stops all.
+//   * Time comes from the Clock given at construction, so tests need no sleeping.
+//
+// Thread-safety: none; sweepd calls it from its one writer thread.
+#ifndef SWEEP_ORCHESTRATOR_SCHEDULER_H_
+#define SWEEP_ORCHESTRATOR_SCHEDULER_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "orchestrator/store.h"
+
+namespace sweep::orchestrator {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual double Now() = 0;  // Unix seconds.
+};
+
+class SystemClock : public Clock {
+ public:
+  double Now() override;
+};
+
+struct SchedulerOptions {
+  double lease_ttl = 60;     // Seconds a lease lives without a heartbeat.
+  int quarantine_after = 5;  // Consecutive failed trials that quarantine a worker.
+};
+
+struct WorkerInfo {
+  std::string name;
+  std::string host;
+  int gpus = 0;
+  int cpu_slots = 0;
+  std::string labels_json = "{}";
+};
+
+struct Lease {
+  int64_t trial_id = 0;
+  int attempt = 0;
+  int64_t sweep_id = 0;
+  std::string sweep_name;
+  std::string trial_key;
+  std::string config;                     // Trainer config (YAML).
+  std::vector<std::string> command;       // Empty: the builtin trainer.
+  std::optional<std::string> checkpoint;  // Resume from here.
+  int gpus = 0;
+  int cpu_slots = 0;
+  double expires_at = 0;
+};
+
+struct TrialProgress {
+  int64_t trial_id = 0;
+  int attempt = 0;
+  int64_t step = 0;
+};
+
+struct StopRequest {
+  int64_t trial_id = 0;
+  int attempt = 0;
+  std::string reason;
+};
+
+enum class Outcome { kCompleted, kDiverged, kFailed, kStopped };
+
+struct Completion {
+  Outcome outcome = Outcome::kCompleted;
+  int64_t last_step = 0;
+  std::optional<double> final_metric;
+  int64_t diverged_step = 0;
+  std::string error;
+};
+
+class Scheduler {
+ public:
+  Scheduler(Store* store, Clock* clock, SchedulerOptions options = {});
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Registers a worker or re-attaches one by name; returns its id.
+  absl::StatusOr<int64_t> RegisterWorker(const WorkerInfo& info);
+
+  // Up to `max_trials` leases that fit the free resources. Empty when nothing fits.
+  absl::StatusOr<std::vector<Lease>> LeaseTrials(int64_t worker_id, int free_gpus,
+                                                 int free_cpu_slots, int max_trials);
+
+  // The trainer process started.
+  absl::Status MarkRunning(int64_t trial_id, int attempt);
+
+  // Renews the worker's leases; returns the trials it must stop.
+  absl::StatusOr<std::vector<StopRequest>> Heartbeat(int64_t worker_id,
+                                                     const std::vector<TrialProgress>& trials);
+
+  // A complete checkpoint exists: a later attempt resumes from it.
+  absl::Status ReportCheckpoint(int64_t trial_id, int attempt, const std::string& path,
+                                int64_t step);
+
+  absl::Status Complete(int64_t trial_id, int attempt, const Completion& completion);
+
+  // Requeues or fails trials whose lease expired; returns how many.
+  absl::StatusOr<int> ExpireLeases();
+
+  absl::Status PauseSweep(const std::string& sweep, bool stop_running);
+  absl::Status ResumeSweep(const std::string& sweep);
+  absl::Status CancelSweep(const std::string& sweep);
+  // A failed, diverged, stopped or cancelled trial goes back to pending with fresh attempts.
+  absl::Status RetryTrial(int64_t trial_id);
+  absl::Status ReleaseWorker(const std::string& name);
+
+ private:
+  absl::Status Exec(const std::string& sql);
+  absl::Status Event(int64_t sweep_id, int64_t trial_id, int64_t worker_id,
+                     const std::string& kind, const std::string& detail);
+  // Checks that (trial, attempt) holds a lease; fills the trial's sweep and worker.
+  absl::Status CheckFence(int64_t trial_id, int attempt, int64_t* sweep_id, int64_t* worker_id);
+
+  Store* const store_;
+  Clock* const clock_;
+  const SchedulerOptions options_;
+};
+
+}  // namespace sweep::orchestrator
+
+#endif  // SWEEP_ORCHESTRATOR_SCHEDULER_H_
