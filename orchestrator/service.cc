@@ -1,0 +1,439 @@
+#include "orchestrator/service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "orchestrator/sql.h"
+
+namespace sweep::orchestrator {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::max(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? a[i] : 0;
+    const unsigned char y = i < b.size() ? b[i] : 0;
+    diff |= x ^ y;
+  }
+  return diff == 0;
+}
+
+// Lets a statement read; refuses everything else (writes, ATTACH, PRAGMA, ...).
+int ReadOnlyAuthorizer(void*, int action, const char*, const char*, const char*, const char*) {
+  switch (action) {
+    case SQLITE_SELECT:
+    case SQLITE_READ:
+    case SQLITE_FUNCTION:
+    case SQLITE_RECURSIVE:
+      return SQLITE_OK;
+    default:
+      return SQLITE_DENY;
+  }
+}
+
+void ToTrial(const TrialRow& row, v1::Trial* out) {
+  out->set_id(row.id);
+  out->set_sweep_id(row.sweep_id);
+  out->set_trial_key(row.trial_key);
+  out->set_params_json(row.params_json);
+  out->set_state(row.state);
+  out->set_attempt(row.attempt);
+  if (row.checkpoint) out->set_checkpoint(*row.checkpoint);
+}
+
+}  // namespace
+
+OrchestratorService::OrchestratorService(Store* store, Scheduler* scheduler, Clock* clock,
+                                         ServiceOptions options)
+    : options_(std::move(options)), clock_(clock), store_(store), scheduler_(scheduler) {}
+
+grpc::Status OrchestratorService::Authorize(grpc::ServerContext* context) const {
+  if (options_.token.empty()) return grpc::Status::OK;
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  const std::string given = it == metadata.end() ? std::string()
+                                                 : std::string(it->second.data(), it->second.size());
+  if (!ConstantTimeEquals(given, "Bearer " + options_.token)) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing or wrong token (metadata 'authorization: Bearer <token>')");
+  }
+  return grpc::Status::OK;
+}
+
+void OrchestratorService::ExpireLeases() {
+  std::lock_guard<std::mutex> lock(mu_);
+  (void)scheduler_->ExpireLeases();
+}
+
+absl::Status OrchestratorService::FillSweep(const std::string& name_or_id, v1::Sweep* out) {
+  absl::StatusOr<SweepRow> row = store_->GetSweep(name_or_id);
+  if (!row.ok()) return row.status();
+  out->set_id(row->id);
+  out->set_name(row->name);
+  out->set_state(row->state);
+  out->set_method(row->method);
+  out->set_metric_name(row->metric_name);
+  out->set_minimize(row->minimize);
+  out->set_created_at(row->created_at);
+  Statement counts(store_->db(), "SELECT state, COUNT(*) FROM trials WHERE sweep_id = ? GROUP BY state");
+  counts.Bind(1, row->id);
+  while (counts.Step() == SQLITE_ROW) (*out->mutable_trials_by_state())[counts.Text(0)] = counts.Int(1);
+  return absl::OkStatus();
+}
+
+grpc::Status OrchestratorService::SubmitSweep(grpc::ServerContext* context,
+                                              const v1::SubmitSweepRequest* request,
+                                              v1::SubmitSweepResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  const std::string origin = request->origin().empty() ? "spec" : request->origin();
+  absl::StatusOr<SweepSpec> spec = ParseSweepSpec(request->spec_yaml(), origin, options_.spec_limits);
+  if (!spec.ok()) return ToGrpc(spec.status());
+  absl::StatusOr<std::vector<TrialSpec>> trials = ExpandSweep(*spec, options_.spec_limits);
+  if (!trials.ok()) return ToGrpc(trials.status());
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<SubmitResult> result = store_->SubmitSweep(*spec, *trials, clock_->Now());
+  if (!result.ok()) return ToGrpc(result.status());
+  response->set_created(result->created);
+  return ToGrpc(FillSweep(absl::StrCat(result->sweep_id), response->mutable_sweep()));
+}
+
+grpc::Status OrchestratorService::GetSweep(grpc::ServerContext* context, const v1::SweepRef* request,
+                                           v1::Sweep* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  return ToGrpc(FillSweep(request->sweep(), response));
+}
+
+grpc::Status OrchestratorService::ListSweeps(grpc::ServerContext* context,
+                                             const v1::ListSweepsRequest*,
+                                             v1::ListSweepsResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::vector<SweepRow>> rows = store_->ListSweeps();
+  if (!rows.ok()) return ToGrpc(rows.status());
+  for (const SweepRow& row : *rows) {
+    if (absl::Status s = FillSweep(absl::StrCat(row.id), response->add_sweeps()); !s.ok()) {
+      return ToGrpc(s);
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::PauseSweep(grpc::ServerContext* context,
+                                             const v1::PauseSweepRequest* request,
+                                             v1::Sweep* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = scheduler_->PauseSweep(request->sweep(), request->stop_running()); !s.ok()) {
+    return ToGrpc(s);
+  }
+  return ToGrpc(FillSweep(request->sweep(), response));
+}
+
+grpc::Status OrchestratorService::ResumeSweep(grpc::ServerContext* context,
+                                              const v1::SweepRef* request, v1::Sweep* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = scheduler_->ResumeSweep(request->sweep()); !s.ok()) return ToGrpc(s);
+  return ToGrpc(FillSweep(request->sweep(), response));
+}
+
+grpc::Status OrchestratorService::CancelSweep(grpc::ServerContext* context,
+                                              const v1::SweepRef* request, v1::Sweep* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = scheduler_->CancelSweep(request->sweep()); !s.ok()) return ToGrpc(s);
+  return ToGrpc(FillSweep(request->sweep(), response));
+}
+
+grpc::Status OrchestratorService::ListTrials(grpc::ServerContext* context,
+                                             const v1::ListTrialsRequest* request,
+                                             v1::ListTrialsResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<SweepRow> sweep = store_->GetSweep(request->sweep());
+  if (!sweep.ok()) return ToGrpc(sweep.status());
+  absl::StatusOr<std::vector<TrialRow>> rows = store_->ListTrials(sweep->id, request->state());
+  if (!rows.ok()) return ToGrpc(rows.status());
+  for (const TrialRow& row : *rows) ToTrial(row, response->add_trials());
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::RetryTrial(grpc::ServerContext* context,
+                                             const v1::TrialRef* request, v1::Trial* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = scheduler_->RetryTrial(request->trial_id()); !s.ok()) return ToGrpc(s);
+  Statement st(store_->db(), "SELECT sweep_id FROM trials WHERE id = ?");
+  st.Bind(1, request->trial_id());
+  if (st.Step() != SQLITE_ROW) return grpc::Status(grpc::StatusCode::NOT_FOUND, "trial vanished");
+  absl::StatusOr<std::vector<TrialRow>> rows = store_->ListTrials(st.Int(0));
+  if (!rows.ok()) return ToGrpc(rows.status());
+  for (const TrialRow& row : *rows) {
+    if (row.id == request->trial_id()) ToTrial(row, response);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::WatchSweep(grpc::ServerContext* context,
+                                             const v1::WatchSweepRequest* request,
+                                             grpc::ServerWriter<v1::Event>* writer) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  int64_t last = request->after_event_id();
+  int64_t sweep_id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::StatusOr<SweepRow> sweep = store_->GetSweep(request->sweep());
+    if (!sweep.ok()) return ToGrpc(sweep.status());
+    sweep_id = sweep->id;
+  }
+  while (!context->IsCancelled()) {
+    std::vector<v1::Event> batch;
+    std::string state;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      Statement st(store_->db(),
+                   "SELECT e.id, e.time, COALESCE(e.trial_id, 0), e.kind, e.detail, s.state "
+                   "FROM events e JOIN sweeps s ON s.id = e.sweep_id "
+                   "WHERE e.sweep_id = ? AND e.id > ? ORDER BY e.id LIMIT 1000");
+      st.Bind(1, sweep_id);
+      st.Bind(2, last);
+      while (st.Step() == SQLITE_ROW) {
+        v1::Event event;
+        event.set_id(st.Int(0));
+        event.set_time(st.Double(1));
+        event.set_trial_id(st.Int(2));
+        event.set_kind(st.Text(3));
+        event.set_detail(st.Text(4));
+        event.set_sweep_state(st.Text(5));
+        batch.push_back(std::move(event));
+      }
+      Statement s(store_->db(), "SELECT state FROM sweeps WHERE id = ?");
+      s.Bind(1, sweep_id);
+      if (s.Step() == SQLITE_ROW) state = s.Text(0);
+    }
+    for (const v1::Event& event : batch) {
+      if (!writer->Write(event)) return grpc::Status::OK;  // The caller went away.
+      last = event.id();
+    }
+    if (batch.empty() && (state == "completed" || state == "cancelled")) return grpc::Status::OK;
+    if (batch.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::Query(grpc::ServerContext* context,
+                                        const v1::QueryRequest* request,
+                                        v1::QueryResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  absl::StatusOr<std::unique_ptr<Store>> reader = Store::OpenReadOnly(options_.db_path);
+  if (!reader.ok()) return ToGrpc(reader.status());
+  sqlite3* db = (*reader)->db();
+  sqlite3_set_authorizer(db, ReadOnlyAuthorizer, nullptr);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.query_timeout_ms);
+  sqlite3_progress_handler(
+      db, 10000,
+      [](void* arg) -> int {
+        return std::chrono::steady_clock::now() >
+               *static_cast<std::chrono::steady_clock::time_point*>(arg);
+      },
+      const_cast<std::chrono::steady_clock::time_point*>(&deadline));
+  sqlite3_stmt* raw = nullptr;
+  const char* tail = nullptr;
+  if (sqlite3_prepare_v2(db, request->sql().c_str(), -1, &raw, &tail) != SQLITE_OK) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("query refused: ", sqlite3_errmsg(db),
+                                     " (only reading statements are allowed)"));
+  }
+  std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, &sqlite3_finalize);
+  if (stmt == nullptr) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty query");
+  if (tail != nullptr && std::string(tail).find_first_not_of(" \t\r\n;") != std::string::npos) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "one statement per query");
+  }
+  if (!sqlite3_stmt_readonly(stmt.get())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "query refused: it would write");
+  }
+  const int columns = sqlite3_column_count(stmt.get());
+  for (int c = 0; c < columns; ++c) response->add_columns(sqlite3_column_name(stmt.get(), c));
+  const int max_rows = request->max_rows() > 0 ? std::min(request->max_rows(), options_.query_max_rows)
+                                               : options_.query_max_rows;
+  int rc;
+  while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
+    if (response->rows_size() >= max_rows) {
+      response->set_truncated(true);
+      break;
+    }
+    v1::QueryResponse::Row* row = response->add_rows();
+    for (int c = 0; c < columns; ++c) {
+      const bool null = sqlite3_column_type(stmt.get(), c) == SQLITE_NULL;
+      const unsigned char* text = sqlite3_column_text(stmt.get(), c);
+      row->add_values(null || text == nullptr ? "" : reinterpret_cast<const char*>(text));
+      row->add_is_null(null);
+    }
+  }
+  if (rc == SQLITE_INTERRUPT) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        absl::StrCat("query ran past ", options_.query_timeout_ms, " ms"));
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, sqlite3_errmsg(db));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::RegisterWorker(grpc::ServerContext* context,
+                                                 const v1::RegisterWorkerRequest* request,
+                                                 v1::RegisterWorkerResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  nlohmann::json labels = nlohmann::json::object();
+  for (const auto& [k, v] : request->labels()) labels[k] = v;
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<int64_t> id = scheduler_->RegisterWorker(
+      {request->name(), request->host(), request->gpus(), request->cpu_slots(), labels.dump()});
+  if (!id.ok()) return ToGrpc(id.status());
+  response->set_worker_id(*id);
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::LeaseTrials(grpc::ServerContext* context,
+                                              const v1::LeaseTrialsRequest* request,
+                                              v1::LeaseTrialsResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  if (request->free_gpus() < 0 || request->free_cpu_slots() < 0 || request->max_trials() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "free resources and max_trials must be >= 0");
+  }
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(std::min(request->wait_ms(), options_.max_lease_wait_ms));
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      absl::StatusOr<std::vector<Lease>> leases = scheduler_->LeaseTrials(
+          request->worker_id(), request->free_gpus(), request->free_cpu_slots(),
+          request->max_trials() > 0 ? request->max_trials() : 1);
+      if (!leases.ok()) return ToGrpc(leases.status());
+      for (const Lease& lease : *leases) {
+        v1::Lease* out = response->add_leases();
+        out->set_trial_id(lease.trial_id);
+        out->set_attempt(lease.attempt);
+        out->set_sweep_id(lease.sweep_id);
+        out->set_sweep_name(lease.sweep_name);
+        out->set_trial_key(lease.trial_key);
+        out->set_config_yaml(lease.config);
+        for (const std::string& arg : lease.command) out->add_command(arg);
+        if (lease.checkpoint) out->set_resume_checkpoint(*lease.checkpoint);
+        out->set_gpus(lease.gpus);
+        out->set_cpu_slots(lease.cpu_slots);
+        out->set_expires_at(lease.expires_at);
+      }
+    }
+    if (response->leases_size() > 0 || std::chrono::steady_clock::now() >= deadline ||
+        context->IsCancelled()) {
+      return grpc::Status::OK;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+grpc::Status OrchestratorService::Heartbeat(grpc::ServerContext* context,
+                                            const v1::HeartbeatRequest* request,
+                                            v1::HeartbeatResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::vector<TrialProgress> progress;
+  for (const auto& p : request->trials()) progress.push_back({p.trial_id(), p.attempt(), p.step()});
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::vector<StopRequest>> stops = scheduler_->Heartbeat(request->worker_id(), progress);
+  if (!stops.ok()) return ToGrpc(stops.status());
+  for (const StopRequest& stop : *stops) {
+    auto* out = response->add_stop();
+    out->set_trial_id(stop.trial_id);
+    out->set_attempt(stop.attempt);
+    out->set_reason(stop.reason);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::StartTrial(grpc::ServerContext* context,
+                                             const v1::TrialAttempt* request, v1::Ack*) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  return ToGrpc(scheduler_->MarkRunning(request->trial_id(), request->attempt()));
+}
+
+grpc::Status OrchestratorService::StreamMetrics(grpc::ServerContext* context,
+                                                grpc::ServerReader<v1::MetricsBatch>* reader,
+                                                v1::StreamMetricsResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  v1::MetricsBatch batch;
+  int64_t received = 0, stored = 0;
+  while (reader->Read(&batch)) {
+    if (static_cast<size_t>(batch.metrics_size()) > options_.max_metrics_per_batch) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("batch of ", batch.metrics_size(), " rows; the limit is ",
+                                       options_.max_metrics_per_batch));
+    }
+    std::vector<MetricRow> rows;
+    rows.reserve(batch.metrics_size());
+    const double now = clock_->Now();
+    for (const v1::Metric& m : batch.metrics()) {
+      rows.push_back({batch.trial_id(), batch.attempt(), m.name(), m.step(), m.value(),
+                      m.time() > 0 ? m.time() : now});
+    }
+    received += batch.metrics_size();
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::StatusOr<int64_t> added = store_->InsertMetrics(rows);
+    if (!added.ok()) return ToGrpc(added.status());
+    stored += *added;
+  }
+  response->set_rows_received(received);
+  response->set_rows_stored(stored);
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::ReportCheckpoint(grpc::ServerContext* context,
+                                                   const v1::ReportCheckpointRequest* request,
+                                                   v1::Ack*) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  return ToGrpc(scheduler_->ReportCheckpoint(request->trial_id(), request->attempt(),
+                                             request->path(), request->step()));
+}
+
+grpc::Status OrchestratorService::CompleteTrial(grpc::ServerContext* context,
+                                                const v1::CompleteTrialRequest* request, v1::Ack*) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  Completion c;
+  switch (request->outcome()) {
+    case v1::CompleteTrialRequest::COMPLETED:
+      c.outcome = Outcome::kCompleted;
+      break;
+    case v1::CompleteTrialRequest::DIVERGED:
+      c.outcome = Outcome::kDiverged;
+      break;
+    case v1::CompleteTrialRequest::FAILED:
+      c.outcome = Outcome::kFailed;
+      break;
+    case v1::CompleteTrialRequest::STOPPED:
+      c.outcome = Outcome::kStopped;
+      break;
+    default:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "outcome: must be set");
+  }
+  c.last_step = request->last_step();
+  if (request->has_final_metric()) c.final_metric = request->final_metric();
+  c.diverged_step = request->diverged_step();
+  c.error = request->error();
+  std::lock_guard<std::mutex> lock(mu_);
+  return ToGrpc(scheduler_->Complete(request->trial_id(), request->attempt(), c));
+}
+
+}  // namespace sweep::orchestrator

@@ -1,0 +1,155 @@
+// sweepd: the sweep orchestrator. Owns the SQLite database and serves sweep.v1 over gRPC.
+//
+//   sweepd --db sweep.db [--listen 127.0.0.1:7070] [--token-file F] [--port-file F]
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <grpcpp/grpcpp.h>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "orchestrator/scheduler.h"
+#include "orchestrator/service.h"
+#include "orchestrator/store.h"
+
+namespace {
+using namespace sweep::orchestrator;
+
+bool IsLoopback(const std::string& address) {
+  return address.rfind("127.", 0) == 0 || address.rfind("localhost:", 0) == 0 ||
+         address.rfind("[::1]:", 0) == 0;
+}
+
+std::string ReadToken(const std::string& path, std::string* error) {
+  std::ifstream in(path);
+  if (!in) {
+    *error = path + ": cannot read token file";
+    return "";
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  std::string token = buffer.str();
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) {
+    token.pop_back();
+  }
+  if (token.size() < 16) *error = path + ": token must be at least 16 characters";
+  return token;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{
+      "sweepd: the sweep orchestrator. Owns the SQLite database (the only writer) and serves\n"
+      "sweepctl and sweep-worker over gRPC (sweep.v1, proto/sweep.proto).\n\n"
+      "Examples:\n"
+      "  sweepd --db runs/sweep.db\n"
+      "  sweepd --db sweep.db --listen 0.0.0.0:7070 --token-file /etc/sweep/token",
+      "sweepd"};
+  std::string db = "sweep.db", listen = "127.0.0.1:7070", token_file, port_file;
+  bool insecure = false;
+  double lease_ttl = 60;
+  int quarantine_after = 5;
+  int64_t max_trials = 10000;
+  app.add_option("--db", db, "SQLite database file (created if missing)")->capture_default_str();
+  app.add_option("--listen", listen, "Address to serve on; port 0 picks a free port")
+      ->capture_default_str();
+  app.add_option("--token-file", token_file, "Require 'authorization: Bearer <token>' on every call");
+  app.add_flag("--insecure", insecure, "Allow a non-loopback address without a token");
+  app.add_option("--port-file", port_file, "Write the port actually bound here once serving");
+  app.add_option("--lease-ttl", lease_ttl, "Seconds a lease lives without a heartbeat")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--quarantine-after", quarantine_after,
+                 "Failed trials in a row that quarantine a worker")
+      ->capture_default_str();
+  app.add_option("--max-trials", max_trials, "Refuse sweeps larger than this")->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  std::string token;
+  if (!token_file.empty()) {
+    std::string error;
+    token = ReadToken(token_file, &error);
+    if (!error.empty()) {
+      spdlog::error("{}", error);
+      return 2;
+    }
+  } else if (!IsLoopback(listen) && !insecure) {
+    spdlog::error("refusing to listen on {} without --token-file (add --insecure to insist)", listen);
+    return 2;
+  }
+
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(db);
+  if (!store.ok()) {
+    spdlog::error("{}", std::string(store.status().message()));
+    return 1;
+  }
+  SystemClock clock;
+  Scheduler scheduler(store->get(), &clock, {lease_ttl, quarantine_after});
+  ServiceOptions options;
+  options.db_path = db;
+  options.token = token;
+  options.spec_limits.max_trials = max_trials;
+  OrchestratorService service(store->get(), &scheduler, &clock, options);
+  // Recover: leases that ran out while sweepd was down requeue now; live ones continue.
+  service.ExpireLeases();
+
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    spdlog::error("cannot listen on {}", listen);
+    return 1;
+  }
+  spdlog::info("sweepd serving {} on port {} (db {}, {})", listen, port, db,
+               token.empty() ? "no token" : "token required");
+  if (!port_file.empty()) {
+    std::ofstream(port_file + ".tmp") << port << "\n";
+    std::rename((port_file + ".tmp").c_str(), port_file.c_str());
+  }
+
+  // Lease expiry every second; SIGTERM/SIGINT shut down cleanly.
+  std::atomic<bool> stopping{false};
+  std::thread expiry([&] {
+    while (!stopping.load()) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      service.ExpireLeases();
+    }
+  });
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("signal {}: shutting down", sig);
+  stopping.store(true);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  expiry.join();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block the stop signals in every thread; Main waits for them with sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  spdlog::set_default_logger(spdlog::stderr_color_mt("sweepd"));
+  spdlog::set_pattern("[%H:%M:%S.%e] %^%l%$ %v");
+  return Main(argc, argv);
+}

@@ -1,0 +1,248 @@
+// The gRPC service in-process (server->InProcessChannel): auth, error mapping, the worker
+// protocol with fencing, and the read-only query RPC.
+#include "orchestrator/service.h"
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <limits>
+
+namespace sweep::orchestrator {
+namespace {
+namespace fs = std::filesystem;
+using grpc::StatusCode;
+
+class FakeClock : public Clock {
+ public:
+  double Now() override { return now_; }
+  void Advance(double s) { now_ += s; }
+
+ private:
+  double now_ = 2'000'000;
+};
+
+constexpr char kToken[] = "0123456789abcdef-test-token";
+constexpr char kSpec[] = R"(name: svc
+method: grid
+base: {steps: 20, data: {sources: {kjv: 1}}}
+parameters:
+  optim.lr: {values: [1e-3, 3e-3]}
+)";
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string dir = fs::temp_directory_path() / "sweep-svc-XXXXXX";
+    db_path_ = std::string(mkdtemp(dir.data())) + "/sweep.db";
+    store_ = *Store::Open(db_path_);
+    scheduler_ = std::make_unique<Scheduler>(store_.get(), &clock_, SchedulerOptions{30, 5});
+    ServiceOptions options;
+    options.db_path = db_path_;
+    options.token = kToken;
+    options.query_max_rows = 5;
+    service_ = std::make_unique<OrchestratorService>(store_.get(), scheduler_.get(), &clock_, options);
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    stub_ = v1::Orchestrator::NewStub(server_->InProcessChannel({}));
+  }
+  void TearDown() override { server_->Shutdown(); }
+
+  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = kToken) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+    return ctx;
+  }
+
+  v1::Sweep Submit(const std::string& spec = kSpec) {
+    v1::SubmitSweepRequest req;
+    req.set_spec_yaml(spec);
+    req.set_origin("svc.yaml");
+    v1::SubmitSweepResponse resp;
+    grpc::Status s = stub_->SubmitSweep(Ctx().get(), req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.sweep();
+  }
+
+  std::string db_path_;
+  FakeClock clock_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<OrchestratorService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::Orchestrator::Stub> stub_;
+};
+
+TEST_F(ServiceTest, CallsWithoutTheRightTokenAreUnauthenticated) {
+  v1::ListSweepsResponse resp;
+  EXPECT_EQ(stub_->ListSweeps(Ctx("").get(), {}, &resp).error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(stub_->ListSweeps(Ctx("wrong-token-of-some-length").get(), {}, &resp).error_code(),
+            StatusCode::UNAUTHENTICATED);
+  v1::RegisterWorkerResponse reg;
+  v1::RegisterWorkerRequest req;
+  req.set_name("w");
+  req.set_cpu_slots(1);
+  EXPECT_EQ(stub_->RegisterWorker(Ctx("").get(), req, &reg).error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(stub_->ListSweeps(Ctx().get(), {}, &resp).ok());
+}
+
+TEST_F(ServiceTest, SubmitReportsSpecErrorsAndAttachesOnResubmit) {
+  v1::SubmitSweepRequest bad;
+  bad.set_spec_yaml("name: x\nmethod: grid\nparameters: {optim.lrr: {values: [1]}}\n");
+  bad.set_origin("x.yaml");
+  v1::SubmitSweepResponse resp;
+  grpc::Status s = stub_->SubmitSweep(Ctx().get(), bad, &resp);
+  EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("x.yaml:3:14: parameters.optim.lrr"), std::string::npos)
+      << s.error_message();
+
+  v1::Sweep sweep = Submit();
+  EXPECT_EQ(sweep.trials_by_state().at("pending"), 2);
+  v1::SubmitSweepRequest again;
+  again.set_spec_yaml(kSpec);
+  ASSERT_TRUE(stub_->SubmitSweep(Ctx().get(), again, &resp).ok());
+  EXPECT_FALSE(resp.created());
+  EXPECT_EQ(resp.sweep().id(), sweep.id());
+}
+
+TEST_F(ServiceTest, WorkerProtocolWithFencing) {
+  Submit();
+  v1::RegisterWorkerRequest reg;
+  reg.set_name("w1");
+  reg.set_cpu_slots(2);
+  v1::RegisterWorkerResponse worker;
+  ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), reg, &worker).ok());
+
+  v1::LeaseTrialsRequest lease_req;
+  lease_req.set_worker_id(worker.worker_id());
+  lease_req.set_free_cpu_slots(1);
+  lease_req.set_max_trials(4);
+  v1::LeaseTrialsResponse leases;
+  ASSERT_TRUE(stub_->LeaseTrials(Ctx().get(), lease_req, &leases).ok());
+  ASSERT_EQ(leases.leases_size(), 1);
+  const v1::Lease lease = leases.leases(0);
+  EXPECT_EQ(lease.attempt(), 1);
+  EXPECT_NE(lease.config_yaml().find("lr: 0.001"), std::string::npos);
+
+  v1::TrialAttempt start;
+  start.set_trial_id(lease.trial_id());
+  start.set_attempt(1);
+  v1::Ack ack;
+  ASSERT_TRUE(stub_->StartTrial(Ctx().get(), start, &ack).ok());
+
+  // Stream metrics, with a NaN and a re-sent batch.
+  v1::StreamMetricsResponse stream_resp;
+  {
+    auto ctx = Ctx();
+    auto writer = stub_->StreamMetrics(ctx.get(), &stream_resp);
+    v1::MetricsBatch batch;
+    batch.set_trial_id(lease.trial_id());
+    batch.set_attempt(1);
+    for (int step = 1; step <= 20; ++step) {
+      v1::Metric* m = batch.add_metrics();
+      m->set_name("loss/out");
+      m->set_step(step);
+      m->set_value(step == 20 ? std::numeric_limits<double>::quiet_NaN() : 5.0 / step);
+    }
+    ASSERT_TRUE(writer->Write(batch));
+    ASSERT_TRUE(writer->Write(batch));  // a retry after a lost reply
+    writer->WritesDone();
+    ASSERT_TRUE(writer->Finish().ok());
+  }
+  EXPECT_EQ(stream_resp.rows_received(), 40);
+  EXPECT_EQ(stream_resp.rows_stored(), 20);
+
+  // A stale attempt is fenced off.
+  v1::CompleteTrialRequest stale;
+  stale.set_trial_id(lease.trial_id());
+  stale.set_attempt(7);
+  stale.set_outcome(v1::CompleteTrialRequest::COMPLETED);
+  EXPECT_EQ(stub_->CompleteTrial(Ctx().get(), stale, &ack).error_code(), StatusCode::FAILED_PRECONDITION);
+
+  v1::CompleteTrialRequest done;
+  done.set_trial_id(lease.trial_id());
+  done.set_attempt(1);
+  done.set_outcome(v1::CompleteTrialRequest::DIVERGED);
+  done.set_diverged_step(20);
+  done.set_last_step(20);
+  ASSERT_TRUE(stub_->CompleteTrial(Ctx().get(), done, &ack).ok());
+  v1::ListTrialsRequest list;
+  list.set_sweep("svc");
+  list.set_state("diverged");
+  v1::ListTrialsResponse trials;
+  ASSERT_TRUE(stub_->ListTrials(Ctx().get(), list, &trials).ok());
+  ASSERT_EQ(trials.trials_size(), 1);
+  EXPECT_EQ(trials.trials(0).id(), lease.trial_id());
+
+  // Heartbeats for a trial the worker no longer holds ask it to stop.
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker.worker_id());
+  auto* p = hb.add_trials();
+  p->set_trial_id(lease.trial_id());
+  p->set_attempt(1);
+  v1::HeartbeatResponse hb_resp;
+  ASSERT_TRUE(stub_->Heartbeat(Ctx().get(), hb, &hb_resp).ok());
+  ASSERT_EQ(hb_resp.stop_size(), 1);
+}
+
+TEST_F(ServiceTest, QueryReadsButNeverWrites) {
+  Submit();
+  v1::QueryRequest q;
+  q.set_sql("SELECT trial_key, params FROM trials ORDER BY id");
+  v1::QueryResponse resp;
+  ASSERT_TRUE(stub_->Query(Ctx().get(), q, &resp).ok());
+  ASSERT_EQ(resp.columns_size(), 2);
+  ASSERT_EQ(resp.rows_size(), 2);
+  EXPECT_EQ(resp.rows(0).values(0), "optim.lr=0.001");
+
+  for (const char* sql : {"DELETE FROM trials", "UPDATE sweeps SET state = 'cancelled'",
+                          "ATTACH DATABASE '/tmp/x.db' AS x", "PRAGMA journal_mode=DELETE",
+                          "DROP TABLE metrics", "SELECT 1; DELETE FROM trials",
+                          "CREATE TABLE t (x)"}) {
+    v1::QueryResponse r;
+    grpc::Status s = stub_->Query(Ctx().get(), [&] {
+      v1::QueryRequest w;
+      w.set_sql(sql);
+      return w;
+    }(), &r);
+    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << sql;
+  }
+  v1::QueryResponse after;
+  ASSERT_TRUE(stub_->Query(Ctx().get(), q, &after).ok());
+  EXPECT_EQ(after.rows_size(), 2);  // nothing changed
+  v1::QueryRequest mode;
+  mode.set_sql("SELECT * FROM pragma_journal_mode");
+  // The authorizer refuses even reading pragmas as tables; the file stays in WAL mode.
+  EXPECT_FALSE(stub_->Query(Ctx().get(), mode, &after).ok());
+
+  v1::QueryRequest many;
+  many.set_sql("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n LIMIT 100) SELECT x FROM n");
+  v1::QueryResponse limited;
+  ASSERT_TRUE(stub_->Query(Ctx().get(), many, &limited).ok());
+  EXPECT_EQ(limited.rows_size(), 5);
+  EXPECT_TRUE(limited.truncated());
+}
+
+TEST_F(ServiceTest, PauseResumeCancelThroughTheService) {
+  Submit();
+  v1::PauseSweepRequest pause;
+  pause.set_sweep("svc");
+  v1::Sweep sweep;
+  ASSERT_TRUE(stub_->PauseSweep(Ctx().get(), pause, &sweep).ok());
+  EXPECT_EQ(sweep.state(), "paused");
+  v1::SweepRef ref;
+  ref.set_sweep("svc");
+  ASSERT_TRUE(stub_->ResumeSweep(Ctx().get(), ref, &sweep).ok());
+  EXPECT_EQ(sweep.state(), "running");
+  ASSERT_TRUE(stub_->CancelSweep(Ctx().get(), ref, &sweep).ok());
+  EXPECT_EQ(sweep.state(), "cancelled");
+  EXPECT_EQ(sweep.trials_by_state().at("cancelled"), 2);
+  ref.set_sweep("nope");
+  EXPECT_EQ(stub_->GetSweep(Ctx().get(), ref, &sweep).error_code(), StatusCode::NOT_FOUND);
+}
+
+}  // namespace
+}  // namespace sweep::orchestrator
