@@ -30,8 +30,9 @@ packages=(
   # libraries: config, CLI, JSON, status, logging, tests
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libabsl-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
-  # the orchestrator's store (sqlite3 is the shell users query it with)
+  # the orchestrator: its store (sqlite3 is the shell users query it with) and gRPC
   libsqlite3-dev sqlite3
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   # the PyTorch reference (tools/reference) and the benchmark
   python3 python3-torch python3-yaml python3-numpy
   # the bundled corpus: the King James Bible
