@@ -60,6 +60,10 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--token-file", token_file, "Require 'authorization: Bearer <token>' on every call");
   app.add_flag("--insecure", insecure, "Allow a non-loopback address without a token");
+  std::string tls_cert, tls_key;
+  app.add_option("--tls-cert", tls_cert, "Serve TLS with this PEM certificate (with --tls-key)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", tls_key, "PEM private key for --tls-cert")->check(CLI::ExistingFile);
   app.add_option("--port-file", port_file, "Write the port actually bound here once serving");
   app.add_option("--lease-ttl", lease_ttl, "Seconds a lease lives without a heartbeat")
       ->capture_default_str()
@@ -102,9 +106,25 @@ int Main(int argc, char** argv) {
   // Recover: leases that ran out while sweepd was down requeue now; live ones continue.
   service.ExpireLeases();
 
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls_cert.empty() != tls_key.empty()) {
+    spdlog::error("--tls-cert and --tls-key go together");
+    return 2;
+  }
+  if (!tls_cert.empty()) {
+    auto read = [](const std::string& path) {
+      std::ifstream in(path);
+      std::stringstream buffer;
+      buffer << in.rdbuf();
+      return buffer.str();
+    };
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({read(tls_key), read(tls_cert)});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, credentials, &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(64 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -112,8 +132,8 @@ int Main(int argc, char** argv) {
     spdlog::error("cannot listen on {}", listen);
     return 1;
   }
-  spdlog::info("sweepd serving {} on port {} (db {}, {})", listen, port, db,
-               token.empty() ? "no token" : "token required");
+  spdlog::info("sweepd serving {} on port {} (db {}, {}, {})", listen, port, db,
+               token.empty() ? "no token" : "token required", tls_cert.empty() ? "plaintext" : "TLS");
   if (!port_file.empty()) {
     std::ofstream(port_file + ".tmp") << port << "\n";
     std::rename((port_file + ".tmp").c_str(), port_file.c_str());

@@ -244,5 +244,24 @@ TEST_F(ServiceTest, PauseResumeCancelThroughTheService) {
   EXPECT_EQ(stub_->GetSweep(Ctx().get(), ref, &sweep).error_code(), StatusCode::NOT_FOUND);
 }
 
+TEST_F(ServiceTest, WatchStreamsEventsUntilTheSweepEnds) {
+  Submit();
+  v1::SweepRef ref;
+  ref.set_sweep("svc");
+  v1::Sweep sweep;
+  ASSERT_TRUE(stub_->CancelSweep(Ctx().get(), ref, &sweep).ok());
+  v1::WatchSweepRequest watch;
+  watch.set_sweep("svc");
+  auto ctx = Ctx();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto reader = stub_->WatchSweep(ctx.get(), watch);
+  std::vector<std::string> kinds;
+  v1::Event event;
+  while (reader->Read(&event)) kinds.push_back(event.kind());
+  ASSERT_TRUE(reader->Finish().ok());  // Ends by itself: the sweep is over.
+  EXPECT_EQ(kinds, (std::vector<std::string>{"submitted", "cancelled"}));
+  EXPECT_EQ(event.sweep_state(), "cancelled");
+}
+
 }  // namespace
 }  // namespace sweep::orchestrator
