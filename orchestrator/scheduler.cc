@@ -1,7 +1,7 @@
 #include "orchestrator/scheduler.h"
 
+#include <algorithm>
 #include <chrono>
-#include <map>
 #include <tuple>
 #include <nlohmann/json.hpp>
 
@@ -102,58 +102,78 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
           absl::StrCat("worker ", worker.Text(1), " is quarantined after repeated failures; "
                        "sweepctl workers shows why"));
     }
-    // Candidates in priority order; `running_now` counts the sweep's live leases.
-    Statement candidates(
-        store_->db(),
-        "SELECT t.id, t.attempt, s.id, s.name, t.trial_key, t.config, s.trainer_command, "
-        "       t.checkpoint, s.gpus_per_trial, s.cpu_slots_per_trial, s.parallel, "
-        "       (SELECT COUNT(*) FROM trials r WHERE r.sweep_id = s.id "
-        "          AND r.state IN ('leased', 'running')) "
-        "FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
-        "WHERE t.state = 'pending' AND s.state = 'running' "
-        "ORDER BY s.priority DESC, s.id, t.id");
-    if (!candidates.status().ok()) return candidates.status();
+    // Running sweeps in priority order, then each one's oldest pending trials (index
+    // trials_by_state), so a lease costs the same with 10 or 100,000 trials waiting.
+    Statement sweeps(store_->db(),
+                     "SELECT id, name, trainer_command, gpus_per_trial, cpu_slots_per_trial, "
+                     "parallel FROM sweeps WHERE state = 'running' ORDER BY priority DESC, id");
+    if (!sweeps.status().ok()) return sweeps.status();
+    Statement live(store_->db(),
+                   "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND state IN ('leased', 'running')");
+    Statement pending(store_->db(),
+                      "SELECT id, attempt, trial_key, config, checkpoint FROM trials "
+                      "WHERE sweep_id = ? AND state = 'pending' ORDER BY id LIMIT ?");
     Statement take(store_->db(),
                    "UPDATE trials SET state = 'leased', attempt = attempt + 1, worker_id = ?, "
                    "lease_expires_at = ?, stop_requested = 0, started_at = COALESCE(started_at, ?) "
                    "WHERE id = ? AND state = 'pending'");
-    std::map<int64_t, int> taken_per_sweep;
-    while (static_cast<int>(leases.size()) < max_trials && candidates.Step() == SQLITE_ROW) {
-      const int gpus = static_cast<int>(candidates.Int(8));
-      const int cpu_slots = gpus > 0 ? 0 : static_cast<int>(candidates.Int(9));
-      const int64_t sweep_id = candidates.Int(2);
-      const int parallel = static_cast<int>(candidates.Int(10));
-      if (parallel > 0 && candidates.Int(11) + taken_per_sweep[sweep_id] >= parallel) continue;
-      if (gpus > free_gpus || cpu_slots > free_cpu_slots) continue;
-      Lease lease;
-      lease.trial_id = candidates.Int(0);
-      lease.attempt = static_cast<int>(candidates.Int(1)) + 1;
-      lease.sweep_id = sweep_id;
-      lease.sweep_name = candidates.Text(3);
-      lease.trial_key = candidates.Text(4);
-      lease.config = candidates.Text(5);
-      lease.command = nlohmann::json::parse(candidates.Text(6)).get<std::vector<std::string>>();
-      if (!candidates.IsNull(7)) lease.checkpoint = candidates.Text(7);
-      lease.gpus = gpus;
-      lease.cpu_slots = cpu_slots;
-      lease.expires_at = now + options_.lease_ttl;
-      take.Reset();
-      take.Bind(1, worker_id);
-      take.Bind(2, lease.expires_at);
-      take.Bind(3, now);
-      take.Bind(4, lease.trial_id);
-      if (take.Step() != SQLITE_DONE) return take.Error("leasing a trial");
-      free_gpus -= gpus;
-      free_cpu_slots -= cpu_slots;
-      ++taken_per_sweep[sweep_id];
-      if (absl::Status e = Event(sweep_id, lease.trial_id, worker_id, "leased",
-                                 absl::StrCat("attempt ", lease.attempt,
-                                              lease.checkpoint ? ", resumes from " + *lease.checkpoint
-                                                               : std::string()));
-          !e.ok()) {
-        return e;
+    while (static_cast<int>(leases.size()) < max_trials && sweeps.Step() == SQLITE_ROW) {
+      const int64_t sweep_id = sweeps.Int(0);
+      const int gpus = static_cast<int>(sweeps.Int(3));
+      const int cpu_slots = gpus > 0 ? 0 : static_cast<int>(sweeps.Int(4));
+      const int parallel = static_cast<int>(sweeps.Int(5));
+      // How many of this sweep's trials fit: resources, parallel and the caller's max.
+      int room = max_trials - static_cast<int>(leases.size());
+      if (gpus > 0) room = std::min(room, free_gpus / gpus);
+      if (cpu_slots > 0) room = std::min(room, free_cpu_slots / cpu_slots);
+      if (parallel > 0) {
+        live.Reset();
+        live.Bind(1, sweep_id);
+        if (live.Step() != SQLITE_ROW) return live.Error("counting live trials");
+        room = std::min(room, parallel - static_cast<int>(live.Int(0)));
       }
-      leases.push_back(std::move(lease));
+      if (room <= 0) continue;
+      const std::vector<std::string> command =
+          nlohmann::json::parse(sweeps.Text(2)).get<std::vector<std::string>>();
+      // Read the candidates first: updating rows of the index a SELECT is walking is unsafe.
+      std::vector<Lease> batch;
+      pending.Reset();
+      pending.Bind(1, sweep_id);
+      pending.Bind(2, room);
+      while (pending.Step() == SQLITE_ROW) {
+        Lease lease;
+        lease.trial_id = pending.Int(0);
+        lease.attempt = static_cast<int>(pending.Int(1)) + 1;
+        lease.sweep_id = sweep_id;
+        lease.sweep_name = sweeps.Text(1);
+        lease.trial_key = pending.Text(2);
+        lease.config = pending.Text(3);
+        lease.command = command;
+        if (!pending.IsNull(4)) lease.checkpoint = pending.Text(4);
+        lease.gpus = gpus;
+        lease.cpu_slots = cpu_slots;
+        lease.expires_at = now + options_.lease_ttl;
+        batch.push_back(std::move(lease));
+      }
+      pending.Reset();
+      for (Lease& lease : batch) {
+        take.Reset();
+        take.Bind(1, worker_id);
+        take.Bind(2, lease.expires_at);
+        take.Bind(3, now);
+        take.Bind(4, lease.trial_id);
+        if (take.Step() != SQLITE_DONE) return take.Error("leasing a trial");
+        free_gpus -= gpus;
+        free_cpu_slots -= cpu_slots;
+        if (absl::Status e = Event(sweep_id, lease.trial_id, worker_id, "leased",
+                                   absl::StrCat("attempt ", lease.attempt,
+                                                lease.checkpoint ? ", resumes from " + *lease.checkpoint
+                                                                 : std::string()));
+            !e.ok()) {
+          return e;
+        }
+        leases.push_back(std::move(lease));
+      }
     }
     Statement seen(store_->db(), "UPDATE workers SET last_seen = ? WHERE id = ?");
     seen.Bind(1, now);

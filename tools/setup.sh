@@ -35,6 +35,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   # the PyTorch reference (tools/reference) and the benchmark
   python3 python3-torch python3-yaml python3-numpy
+  # the orchestrator benchmark's baseline (tools/bench_orchestrator)
+  python3-optuna
   # the bundled corpus: the King James Bible
   bible-kjv
 )
