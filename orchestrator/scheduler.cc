@@ -252,7 +252,9 @@ absl::StatusOr<std::vector<StopRequest>> Scheduler::Heartbeat(
       const std::string sweep_state = get.Text(4);
       if (get.Int(3) != 0 || sweep_state == "cancelled") {
         stops.push_back({p.trial_id, p.attempt,
-                         sweep_state == "cancelled" ? "sweep cancelled" : "stop requested"});
+                         sweep_state == "cancelled" ? "sweep cancelled"
+                         : get.Int(3) == 2          ? "trial cancelled"
+                                                    : "stop requested"});
       }
     }
     return absl::OkStatus();
@@ -286,10 +288,13 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
     info.Bind(1, trial_id);
     if (info.Step() != SQLITE_ROW) return info.Error("reading the trial");
     const std::string sweep_state = info.Text(1);
+    const bool cancel_requested = info.Int(0) == 2;
     std::string state = OutcomeState(c.outcome);
     // Stopped for a pause: wait as pending and resume from the checkpoint later.
     if (c.outcome == Outcome::kStopped && sweep_state == "paused") state = "pending";
-    if (sweep_state == "cancelled" && c.outcome == Outcome::kStopped) state = "cancelled";
+    if ((sweep_state == "cancelled" || cancel_requested) && c.outcome == Outcome::kStopped) {
+      state = "cancelled";
+    }
     Statement st(store_->db(),
                  "UPDATE trials SET state = ?, worker_id = NULL, lease_expires_at = NULL, "
                  "last_step = ?, final_metric = ?, diverged_step = ?, error = ?, "
@@ -462,6 +467,23 @@ absl::Status Scheduler::CancelSweep(const std::string& sweep) {
       if (absl::Status s = Exec(sql); !s.ok()) return s;
     }
     return Event(*id, 0, 0, "cancelled", "");
+  });
+}
+
+absl::Status Scheduler::CancelTrial(int64_t trial_id) {
+  return InTransaction(store_->db(), [&]() -> absl::Status {
+    Statement st(store_->db(),
+                 "UPDATE trials SET state = CASE state WHEN 'pending' THEN 'cancelled' ELSE state END, "
+                 "finished_at = CASE state WHEN 'pending' THEN ?2 ELSE finished_at END, "
+                 "stop_requested = CASE WHEN state IN ('leased', 'running') THEN 2 ELSE stop_requested END "
+                 "WHERE id = ?1 AND state IN ('pending', 'leased', 'running') RETURNING sweep_id");
+    st.Bind(1, trial_id);
+    st.Bind(2, clock_->Now());
+    if (st.Step() != SQLITE_ROW) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("trial ", trial_id, " cannot be cancelled: it does not exist or has ended"));
+    }
+    return Event(st.Int(0), trial_id, 0, "cancel_requested", "");
   });
 }
 

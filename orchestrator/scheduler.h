@@ -127,6 +127,9 @@ class Scheduler {
   absl::Status PauseSweep(const std::string& sweep, bool stop_running);
   absl::Status ResumeSweep(const std::string& sweep);
   absl::Status CancelSweep(const std::string& sweep);
+  // Pending: cancelled at once. Leased or running: its worker is told to stop it (heartbeat),
+  // and the trial ends as cancelled.
+  absl::Status CancelTrial(int64_t trial_id);
   // A failed, diverged, stopped or cancelled trial goes back to pending with fresh attempts.
   absl::Status RetryTrial(int64_t trial_id);
   absl::Status ReleaseWorker(const std::string& name);

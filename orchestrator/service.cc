@@ -48,6 +48,12 @@ void ToTrial(const TrialRow& row, v1::Trial* out) {
   out->set_state(row.state);
   out->set_attempt(row.attempt);
   if (row.checkpoint) out->set_checkpoint(*row.checkpoint);
+  out->set_error(row.error);
+  out->set_last_step(row.last_step);
+  if (row.final_metric) {
+    out->set_has_final_metric(true);
+    out->set_final_metric(*row.final_metric);
+  }
 }
 
 }  // namespace
@@ -168,18 +174,59 @@ grpc::Status OrchestratorService::ListTrials(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status OrchestratorService::GetTrial(grpc::ServerContext* context,
+                                           const v1::TrialRef* request, v1::Trial* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<TrialRow> row = store_->GetTrial(request->trial_id());
+  if (!row.ok()) return ToGrpc(row.status());
+  ToTrial(*row, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::CancelTrial(grpc::ServerContext* context,
+                                              const v1::TrialRef* request, v1::Trial* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = scheduler_->CancelTrial(request->trial_id()); !s.ok()) return ToGrpc(s);
+  absl::StatusOr<TrialRow> row = store_->GetTrial(request->trial_id());
+  if (!row.ok()) return ToGrpc(row.status());
+  ToTrial(*row, response);
+  return grpc::Status::OK;
+}
+
 grpc::Status OrchestratorService::RetryTrial(grpc::ServerContext* context,
                                              const v1::TrialRef* request, v1::Trial* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
   if (absl::Status s = scheduler_->RetryTrial(request->trial_id()); !s.ok()) return ToGrpc(s);
-  Statement st(store_->db(), "SELECT sweep_id FROM trials WHERE id = ?");
-  st.Bind(1, request->trial_id());
-  if (st.Step() != SQLITE_ROW) return grpc::Status(grpc::StatusCode::NOT_FOUND, "trial vanished");
-  absl::StatusOr<std::vector<TrialRow>> rows = store_->ListTrials(st.Int(0));
-  if (!rows.ok()) return ToGrpc(rows.status());
-  for (const TrialRow& row : *rows) {
-    if (row.id == request->trial_id()) ToTrial(row, response);
+  absl::StatusOr<TrialRow> row = store_->GetTrial(request->trial_id());
+  if (!row.ok()) return ToGrpc(row.status());
+  ToTrial(*row, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status OrchestratorService::ListWorkers(grpc::ServerContext* context,
+                                              const v1::ListWorkersRequest*,
+                                              v1::ListWorkersResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(store_->db(),
+               "SELECT w.id, w.name, w.host, w.gpus, w.cpu_slots, w.state, w.consecutive_failures, "
+               "w.last_seen, (SELECT COUNT(*) FROM trials t WHERE t.worker_id = w.id "
+               "AND t.state IN ('leased', 'running')) FROM workers w ORDER BY w.id");
+  if (!st.status().ok()) return ToGrpc(st.status());
+  while (st.Step() == SQLITE_ROW) {
+    v1::Worker* w = response->add_workers();
+    w->set_id(st.Int(0));
+    w->set_name(st.Text(1));
+    w->set_host(st.Text(2));
+    w->set_gpus(static_cast<int>(st.Int(3)));
+    w->set_cpu_slots(static_cast<int>(st.Int(4)));
+    w->set_state(st.Text(5));
+    w->set_consecutive_failures(static_cast<int>(st.Int(6)));
+    w->set_last_seen(st.Double(7));
+    w->set_running_trials(static_cast<int>(st.Int(8)));
   }
   return grpc::Status::OK;
 }

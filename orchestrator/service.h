@@ -50,8 +50,14 @@ class OrchestratorService final : public sweep::v1::Orchestrator::Service {
                            v1::Sweep* response) override;
   grpc::Status ListTrials(grpc::ServerContext* context, const v1::ListTrialsRequest* request,
                           v1::ListTrialsResponse* response) override;
+  grpc::Status GetTrial(grpc::ServerContext* context, const v1::TrialRef* request,
+                        v1::Trial* response) override;
+  grpc::Status CancelTrial(grpc::ServerContext* context, const v1::TrialRef* request,
+                           v1::Trial* response) override;
   grpc::Status RetryTrial(grpc::ServerContext* context, const v1::TrialRef* request,
                           v1::Trial* response) override;
+  grpc::Status ListWorkers(grpc::ServerContext* context, const v1::ListWorkersRequest* request,
+                           v1::ListWorkersResponse* response) override;
   grpc::Status WatchSweep(grpc::ServerContext* context, const v1::WatchSweepRequest* request,
                           grpc::ServerWriter<v1::Event>* writer) override;
   grpc::Status Query(grpc::ServerContext* context, const v1::QueryRequest* request,

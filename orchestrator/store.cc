@@ -107,6 +107,34 @@ SELECT t.id AS trial_id, s.name AS sweep, t.trial_key, t.params, t.state, t.atte
        t.checkpoint_step, t.error, t.started_at, t.finished_at
 FROM trials t JOIN sweeps s ON s.id = t.sweep_id;
 
+-- The best finished trial of each sweep by its metric (goal respected; NULLs never win).
+CREATE VIEW sweep_best AS
+SELECT sweep_id, sweep, metric_name, metric_goal, trial_id, trial_key, params, final_metric
+FROM (
+  SELECT s.id AS sweep_id, s.name AS sweep, s.metric_name, s.metric_goal, t.id AS trial_id,
+         t.trial_key, t.params, t.final_metric,
+         ROW_NUMBER() OVER (PARTITION BY s.id ORDER BY
+           CASE s.metric_goal WHEN 'minimize' THEN t.final_metric ELSE -t.final_metric END,
+           t.id) AS rank
+  FROM sweeps s JOIN trials t ON t.sweep_id = s.id
+  WHERE t.state = 'completed' AND t.final_metric IS NOT NULL
+)
+WHERE rank = 1;
+
+-- Gradient-norm spikes: a step whose grad norm is more than 6 standard deviations above the
+-- mean of the previous 128 steps (after 20 steps), as OLMo-core flags them.
+CREATE VIEW grad_norm_spikes AS
+SELECT trial_id, step, value, mean, (value - mean) / std AS z
+FROM (
+  SELECT trial_id, step, value,
+         AVG(value) OVER w AS mean,
+         SQRT(MAX(AVG(value * value) OVER w - AVG(value) OVER w * AVG(value) OVER w, 0)) AS std,
+         COUNT(value) OVER w AS n
+  FROM metrics WHERE name = 'optim/grad_norm'
+  WINDOW w AS (PARTITION BY trial_id ORDER BY step ROWS BETWEEN 128 PRECEDING AND 1 PRECEDING)
+)
+WHERE n >= 20 AND std > 0 AND (value - mean) / std > 6;
+
 -- Metrics with non-finite values spelled out, for SQL users.
 CREATE VIEW metric_values AS
 SELECT trial_id, name, step, COALESCE(CAST(value AS TEXT), nonfinite) AS value_text, value,
@@ -350,27 +378,47 @@ absl::StatusOr<std::vector<SweepRow>> Store::ListSweeps() {
   return rows;
 }
 
+namespace {
+
+constexpr char kTrialColumns[] =
+    "SELECT id, sweep_id, trial_key, params, config, state, attempt, checkpoint, "
+    "COALESCE(error, ''), COALESCE(last_step, 0), final_metric FROM trials";
+
+TrialRow ReadTrial(Statement& st) {
+  TrialRow row;
+  row.id = st.Int(0);
+  row.sweep_id = st.Int(1);
+  row.trial_key = st.Text(2);
+  row.params_json = st.Text(3);
+  row.config = st.Text(4);
+  row.state = st.Text(5);
+  row.attempt = static_cast<int>(st.Int(6));
+  if (!st.IsNull(7)) row.checkpoint = st.Text(7);
+  row.error = st.Text(8);
+  row.last_step = st.Int(9);
+  if (!st.IsNull(10)) row.final_metric = st.Double(10);
+  return row;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<TrialRow>> Store::ListTrials(int64_t sweep_id, const std::string& state) {
-  Statement st(db_,
-               "SELECT id, sweep_id, trial_key, params, config, state, attempt, checkpoint "
-               "FROM trials WHERE sweep_id = ?1 AND (?2 = '' OR state = ?2) ORDER BY id");
+  Statement st(db_, absl::StrCat(kTrialColumns,
+                                 " WHERE sweep_id = ?1 AND (?2 = '' OR state = ?2) ORDER BY id"));
   if (!st.status().ok()) return st.status();
   st.Bind(1, sweep_id);
   st.Bind(2, state);
   std::vector<TrialRow> rows;
-  while (st.Step() == SQLITE_ROW) {
-    TrialRow row;
-    row.id = st.Int(0);
-    row.sweep_id = st.Int(1);
-    row.trial_key = st.Text(2);
-    row.params_json = st.Text(3);
-    row.config = st.Text(4);
-    row.state = st.Text(5);
-    row.attempt = static_cast<int>(st.Int(6));
-    if (!st.IsNull(7)) row.checkpoint = st.Text(7);
-    rows.push_back(std::move(row));
-  }
+  while (st.Step() == SQLITE_ROW) rows.push_back(ReadTrial(st));
   return rows;
+}
+
+absl::StatusOr<TrialRow> Store::GetTrial(int64_t trial_id) {
+  Statement st(db_, absl::StrCat(kTrialColumns, " WHERE id = ?"));
+  if (!st.status().ok()) return st.status();
+  st.Bind(1, trial_id);
+  if (st.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("no trial ", trial_id));
+  return ReadTrial(st);
 }
 
 absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows) {

@@ -57,6 +57,9 @@ struct TrialRow {
   std::string state;        // pending | leased | running | completed | diverged | failed | stopped | cancelled
   int attempt = 0;
   std::optional<std::string> checkpoint;
+  std::string error;
+  int64_t last_step = 0;
+  std::optional<double> final_metric;
 };
 
 struct MetricRow {
@@ -90,6 +93,7 @@ class Store {
   absl::StatusOr<std::vector<SweepRow>> ListSweeps();
   // Trials of a sweep in id order; `state` empty for all.
   absl::StatusOr<std::vector<TrialRow>> ListTrials(int64_t sweep_id, const std::string& state = "");
+  absl::StatusOr<TrialRow> GetTrial(int64_t trial_id);
 
   // Stores rows in one transaction. Returns how many rows were new.
   absl::StatusOr<int64_t> InsertMetrics(const std::vector<MetricRow>& rows);

@@ -204,6 +204,25 @@ TEST_F(SchedulerTest, SweepCompletesWhenNoTrialIsLeftAndRetryReopensIt) {
             "4");  // leased, diverged, retry, leased
 }
 
+TEST_F(SchedulerTest, CancellingOneTrial) {
+  Submit("a");
+  const int64_t w = Worker("w1");
+  Lease running = scheduler_->LeaseTrials(w, 0, 1, 1)->at(0);
+  const int64_t waiting = running.trial_id + 1;
+  ASSERT_OK(scheduler_->CancelTrial(waiting));
+  EXPECT_EQ(State(waiting), "cancelled/0");
+  ASSERT_OK(scheduler_->CancelTrial(running.trial_id));
+  absl::StatusOr<std::vector<StopRequest>> stops = scheduler_->Heartbeat(w, {{running.trial_id, 1, 5}});
+  ASSERT_EQ(stops->size(), 1u);
+  EXPECT_EQ(stops->at(0).reason, "trial cancelled");
+  ASSERT_OK(scheduler_->Complete(running.trial_id, 1, {Outcome::kStopped, 5}));
+  EXPECT_EQ(State(running.trial_id), "cancelled/1");
+  EXPECT_EQ(scheduler_->CancelTrial(running.trial_id).code(), absl::StatusCode::kFailedPrecondition);
+  // The last trial still runs to completion.
+  Lease last = scheduler_->LeaseTrials(w, 0, 1, 1)->at(0);
+  EXPECT_EQ(last.trial_id, running.trial_id + 2);
+}
+
 TEST_F(SchedulerTest, WorkersReattachByName) {
   const int64_t first = Worker("node-7", 2);
   const int64_t again = Worker("node-7", 8);

@@ -244,6 +244,37 @@ TEST_F(ServiceTest, PauseResumeCancelThroughTheService) {
   EXPECT_EQ(stub_->GetSweep(Ctx().get(), ref, &sweep).error_code(), StatusCode::NOT_FOUND);
 }
 
+TEST_F(ServiceTest, TrialsAndWorkersCanBeInspectedAndCancelled) {
+  Submit();
+  v1::RegisterWorkerRequest reg;
+  reg.set_name("w9");
+  reg.set_gpus(2);
+  v1::RegisterWorkerResponse worker;
+  ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), reg, &worker).ok());
+  v1::ListWorkersResponse workers;
+  ASSERT_TRUE(stub_->ListWorkers(Ctx().get(), {}, &workers).ok());
+  ASSERT_EQ(workers.workers_size(), 1);
+  EXPECT_EQ(workers.workers(0).name(), "w9");
+  EXPECT_EQ(workers.workers(0).gpus(), 2);
+  EXPECT_EQ(workers.workers(0).state(), "active");
+
+  v1::ListTrialsRequest list;
+  list.set_sweep("svc");
+  v1::ListTrialsResponse trials;
+  ASSERT_TRUE(stub_->ListTrials(Ctx().get(), list, &trials).ok());
+  v1::TrialRef ref;
+  ref.set_trial_id(trials.trials(0).id());
+  v1::Trial trial;
+  ASSERT_TRUE(stub_->CancelTrial(Ctx().get(), ref, &trial).ok());
+  EXPECT_EQ(trial.state(), "cancelled");
+  ASSERT_TRUE(stub_->GetTrial(Ctx().get(), ref, &trial).ok());
+  EXPECT_EQ(trial.state(), "cancelled");
+  ASSERT_TRUE(stub_->RetryTrial(Ctx().get(), ref, &trial).ok());
+  EXPECT_EQ(trial.state(), "pending");
+  ref.set_trial_id(424242);
+  EXPECT_EQ(stub_->GetTrial(Ctx().get(), ref, &trial).error_code(), StatusCode::NOT_FOUND);
+}
+
 TEST_F(ServiceTest, WatchStreamsEventsUntilTheSweepEnds) {
   Submit();
   v1::SweepRef ref;

@@ -165,6 +165,26 @@ TEST(StoreTest, ReadOnlyConnectionsCannotWrite) {
   EXPECT_EQ(Store::OpenReadOnly(path + ".missing").status().code(), absl::StatusCode::kUnavailable);
 }
 
+TEST(StoreTest, BestTrialAndGradNormSpikeViews) {
+  Submitted s = Submit(TempDb());
+  sqlite3* db = s.store->db();
+  ASSERT_EQ(sqlite3_exec(db,
+                         "UPDATE trials SET state = 'completed', final_metric = 2.0 + id * 0.1;"
+                         "UPDATE trials SET final_metric = 1.5 WHERE id = 4;"
+                         "UPDATE trials SET state = 'running', attempt = 1 WHERE id = 1;",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  EXPECT_EQ(Scalar(db, "SELECT trial_id FROM sweep_best"), "4");
+  // A grad-norm trace with one spike at step 60.
+  std::vector<MetricRow> rows;
+  for (int step = 1; step <= 80; ++step) {
+    const double noise = (step % 7) * 0.01;
+    rows.push_back({1, 1, "optim/grad_norm", step, step == 60 ? 9.0 : 0.5 + noise, 0});
+  }
+  ASSERT_OK(s.store->InsertMetrics(rows));
+  EXPECT_EQ(Scalar(db, "SELECT group_concat(step) FROM grad_norm_spikes"), "60");
+}
+
 TEST(StoreTest, EventsFormAnAuditLog) {
   Submitted s = Submit(TempDb());
   ASSERT_TRUE(s.store->RecordEvent(150.0, s.result.sweep_id, 0, 0, "paused", "by user").ok());
