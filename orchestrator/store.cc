@@ -191,18 +191,27 @@ Store::~Store() { sqlite3_close(db_); }
 
 absl::Status Store::Exec(const std::string& sql) { return ExecSql(db_, sql); }
 
-absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+namespace {
+
+// sqlite3_open_v2 with a busy timeout; the error names the file.
+absl::StatusOr<sqlite3*> OpenConnection(const std::string& path, int flags) {
   sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                                 nullptr);
+  const int rc = sqlite3_open_v2(path.c_str(), &db, flags | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     const std::string message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     sqlite3_close(db);
     return absl::UnavailableError(absl::StrCat(path, ": cannot open database: ", message));
   }
   sqlite3_busy_timeout(db, 5000);
-  std::unique_ptr<Store> store(new Store(db));
+  return db;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  absl::StatusOr<sqlite3*> db = OpenConnection(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  if (!db.ok()) return db.status();
+  std::unique_ptr<Store> store(new Store(*db));
   for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
                              "PRAGMA foreign_keys=ON"}) {
     if (absl::Status s = store->Exec(pragma); !s.ok()) {
@@ -214,16 +223,9 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
 }
 
 absl::StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& path) {
-  sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-                                 nullptr);
-  if (rc != SQLITE_OK) {
-    const std::string message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-    sqlite3_close(db);
-    return absl::UnavailableError(absl::StrCat(path, ": cannot open database: ", message));
-  }
-  sqlite3_busy_timeout(db, 5000);
-  return std::unique_ptr<Store>(new Store(db));
+  absl::StatusOr<sqlite3*> db = OpenConnection(path, SQLITE_OPEN_READONLY);
+  if (!db.ok()) return db.status();
+  return std::unique_ptr<Store>(new Store(*db));
 }
 
 absl::StatusOr<int> Store::SchemaVersion() {

@@ -6,40 +6,14 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "tests/orchestrator/fake_clock.h"
+#include "tests/testing/sqlite.h"
+#include "tests/testing/status.h"
+
 namespace sweep::orchestrator {
 namespace {
 namespace fs = std::filesystem;
-
-class FakeClock : public Clock {
- public:
-  double Now() override { return now_; }
-  void Advance(double seconds) { now_ += seconds; }
-
- private:
-  double now_ = 1'000'000;
-};
-
-#define ASSERT_OK(expr)                                    \
-  do {                                                     \
-    const auto& _s = (expr);                               \
-    ASSERT_TRUE(_s.ok()) << _s.message();                  \
-  } while (0)
-#define ASSERT_OK_VALUE(expr)                              \
-  do {                                                     \
-    const auto& _s = (expr);                               \
-    ASSERT_TRUE(_s.ok()) << _s.status().message();         \
-  } while (0)
-
-std::string Query(sqlite3* db, const std::string& sql) {
-  sqlite3_stmt* st = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-  std::string out;
-  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
-    out = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
-  }
-  sqlite3_finalize(st);
-  return out;
-}
+using sweep::testing::QueryScalar;
 
 class SchedulerTest : public ::testing::Test {
  protected:
@@ -63,7 +37,7 @@ class SchedulerTest : public ::testing::Test {
   }
 
   std::string State(int64_t trial) {
-    return Query(store_->db(), "SELECT state || '/' || attempt FROM trials WHERE id = " + std::to_string(trial));
+    return QueryScalar(store_->db(), "SELECT state || '/' || attempt FROM trials WHERE id = " + std::to_string(trial));
   }
 
   FakeClock clock_;
@@ -75,7 +49,7 @@ TEST_F(SchedulerTest, LeasesFitFreeSlotsAndParallel) {
   Submit("a", "parallel: 2\n");
   const int64_t w = Worker("w1");
   absl::StatusOr<std::vector<Lease>> leases = scheduler_->LeaseTrials(w, 0, 4, 10);
-  ASSERT_OK_VALUE(leases);
+  ASSERT_OK(leases);
   ASSERT_EQ(leases->size(), 2u);  // parallel: 2
   EXPECT_EQ((*leases)[0].attempt, 1);
   EXPECT_EQ((*leases)[0].cpu_slots, 1);
@@ -96,7 +70,7 @@ TEST_F(SchedulerTest, ExpiredLeasesRequeueWithTheirCheckpointAndFenceTheOldAttem
   ASSERT_OK(scheduler_->MarkRunning(lease.trial_id, 1));
   ASSERT_OK(scheduler_->ReportCheckpoint(lease.trial_id, 1, "/runs/a/1/attempt-1/checkpoints/0000000100", 100));
   clock_.Advance(20);
-  ASSERT_OK_VALUE(scheduler_->Heartbeat(w1, {{lease.trial_id, 1, 120}}));  // renews to +30
+  ASSERT_OK(scheduler_->Heartbeat(w1, {{lease.trial_id, 1, 120}}));  // renews to +30
   clock_.Advance(25);
   EXPECT_EQ(*scheduler_->ExpireLeases(), 0);
   clock_.Advance(10);  // 35 s since the last heartbeat
@@ -134,7 +108,7 @@ TEST_F(SchedulerTest, MaxAttemptsFailsTheTrialWithEveryReason) {
     EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
   }
   EXPECT_EQ(State(trial), "failed/2");
-  const std::string error = Query(store_->db(), "SELECT error FROM trials WHERE id = " + std::to_string(trial));
+  const std::string error = QueryScalar(store_->db(), "SELECT error FROM trials WHERE id = " + std::to_string(trial));
   EXPECT_NE(error.find("attempt 1: lease expired"), std::string::npos) << error;
   EXPECT_NE(error.find("attempt 2: lease expired"), std::string::npos) << error;
 }
@@ -179,7 +153,7 @@ TEST_F(SchedulerTest, PauseResumeAndCancel) {
   EXPECT_EQ(stops->at(0).reason, "sweep cancelled");
   ASSERT_OK(scheduler_->Complete(leases[0].trial_id, leases[0].attempt, {Outcome::kStopped, 60}));
   EXPECT_EQ(State(leases[0].trial_id), "cancelled/2");
-  EXPECT_EQ(Query(store_->db(), "SELECT state FROM sweeps WHERE id = " + std::to_string(sweep)), "cancelled");
+  EXPECT_EQ(QueryScalar(store_->db(), "SELECT state FROM sweeps WHERE id = " + std::to_string(sweep)), "cancelled");
   EXPECT_EQ(scheduler_->PauseSweep("nope", false).code(), absl::StatusCode::kNotFound);
 }
 
@@ -190,17 +164,17 @@ TEST_F(SchedulerTest, SweepCompletesWhenNoTrialIsLeftAndRetryReopensIt) {
   ASSERT_EQ(leases.size(), 3u);
   ASSERT_OK(scheduler_->Complete(leases[0].trial_id, 1, {Outcome::kCompleted, 100, 1.7}));
   ASSERT_OK(scheduler_->Complete(leases[1].trial_id, 1, {Outcome::kDiverged, 12, {}, 12}));
-  EXPECT_EQ(Query(store_->db(), "SELECT state FROM sweeps WHERE id = " + std::to_string(sweep)), "running");
+  EXPECT_EQ(QueryScalar(store_->db(), "SELECT state FROM sweeps WHERE id = " + std::to_string(sweep)), "running");
   ASSERT_OK(scheduler_->Complete(leases[2].trial_id, 1, {Outcome::kCompleted, 100, 1.6}));
-  EXPECT_EQ(Query(store_->db(), "SELECT state FROM sweeps WHERE id = " + std::to_string(sweep)), "completed");
-  EXPECT_EQ(Query(store_->db(), "SELECT diverged_step FROM trials WHERE id = " + std::to_string(leases[1].trial_id)), "12");
+  EXPECT_EQ(QueryScalar(store_->db(), "SELECT state FROM sweeps WHERE id = " + std::to_string(sweep)), "completed");
+  EXPECT_EQ(QueryScalar(store_->db(), "SELECT diverged_step FROM trials WHERE id = " + std::to_string(leases[1].trial_id)), "12");
 
   ASSERT_OK(scheduler_->RetryTrial(leases[1].trial_id));
-  EXPECT_EQ(Query(store_->db(), "SELECT state FROM sweeps WHERE id = " + std::to_string(sweep)), "running");
+  EXPECT_EQ(QueryScalar(store_->db(), "SELECT state FROM sweeps WHERE id = " + std::to_string(sweep)), "running");
   EXPECT_EQ(scheduler_->LeaseTrials(w, 0, 4, 10)->at(0).attempt, 2);
   EXPECT_EQ(scheduler_->RetryTrial(leases[0].trial_id).code(), absl::StatusCode::kFailedPrecondition);  // completed
   // Every transition is in the audit log.
-  EXPECT_EQ(Query(store_->db(), "SELECT COUNT(*) FROM events WHERE trial_id = " + std::to_string(leases[1].trial_id)),
+  EXPECT_EQ(QueryScalar(store_->db(), "SELECT COUNT(*) FROM events WHERE trial_id = " + std::to_string(leases[1].trial_id)),
             "4");  // leased, diverged, retry, leased
 }
 
@@ -227,7 +201,7 @@ TEST_F(SchedulerTest, WorkersReattachByName) {
   const int64_t first = Worker("node-7", 2);
   const int64_t again = Worker("node-7", 8);
   EXPECT_EQ(first, again);
-  EXPECT_EQ(Query(store_->db(), "SELECT cpu_slots FROM workers WHERE id = " + std::to_string(first)), "8");
+  EXPECT_EQ(QueryScalar(store_->db(), "SELECT cpu_slots FROM workers WHERE id = " + std::to_string(first)), "8");
   EXPECT_EQ(scheduler_->RegisterWorker({"", "h", 0, 1, "{}"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(scheduler_->RegisterWorker({"x", "h", 0, 0, "{}"}).status().code(), absl::StatusCode::kInvalidArgument);
 }

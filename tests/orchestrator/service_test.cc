@@ -10,19 +10,12 @@
 #include <filesystem>
 #include <limits>
 
+#include "tests/orchestrator/fake_clock.h"
+
 namespace sweep::orchestrator {
 namespace {
 namespace fs = std::filesystem;
 using grpc::StatusCode;
-
-class FakeClock : public Clock {
- public:
-  double Now() override { return now_; }
-  void Advance(double s) { now_ += s; }
-
- private:
-  double now_ = 2'000'000;
-};
 
 constexpr char kToken[] = "0123456789abcdef-test-token";
 constexpr char kSpec[] = R"(name: svc

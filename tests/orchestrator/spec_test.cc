@@ -5,14 +5,10 @@
 #include <set>
 #include <string>
 
+#include "tests/testing/status.h"
+
 namespace sweep::orchestrator {
 namespace {
-
-#define ASSERT_OK(expr)                              \
-  do {                                               \
-    const auto& _s = (expr);                         \
-    ASSERT_TRUE(_s.ok()) << _s.status().message();   \
-  } while (0)
 
 constexpr char kBase[] = R"(name: t
 method: grid

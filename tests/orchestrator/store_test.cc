@@ -8,15 +8,12 @@
 #include <filesystem>
 #include <limits>
 
+#include "tests/testing/sqlite.h"
+#include "tests/testing/status.h"
+
 namespace sweep::orchestrator {
 namespace {
 namespace fs = std::filesystem;
-
-#define ASSERT_OK(expr)                                     \
-  do {                                                      \
-    const auto& _s = (expr);                                \
-    ASSERT_TRUE(_s.ok()) << _s.status().message();          \
-  } while (0)
 
 std::string TempDb() {
   std::string dir = fs::temp_directory_path() / "sweep-store-XXXXXX";
@@ -31,17 +28,7 @@ parameters:
   optim.scheduler: {values: [cosine, wsd]}
 )";
 
-// Runs a one-value query.
-std::string Scalar(sqlite3* db, const std::string& sql) {
-  sqlite3_stmt* st = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-  std::string out;
-  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
-    out = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
-  }
-  sqlite3_finalize(st);
-  return out;
-}
+using sweep::testing::QueryScalar;
 
 struct Submitted {
   std::unique_ptr<Store> store;
@@ -63,8 +50,8 @@ TEST(StoreTest, CreatesAndMigratesTheSchema) {
     absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
     ASSERT_OK(store);
     EXPECT_EQ(*(*store)->SchemaVersion(), kSchemaVersion);
-    EXPECT_EQ(Scalar((*store)->db(), "PRAGMA journal_mode"), "wal");
-    EXPECT_EQ(Scalar((*store)->db(), "PRAGMA foreign_keys"), "1");
+    EXPECT_EQ(QueryScalar((*store)->db(), "PRAGMA journal_mode"), "wal");
+    EXPECT_EQ(QueryScalar((*store)->db(), "PRAGMA foreign_keys"), "1");
   }
   ASSERT_OK(Store::Open(path));  // Re-opening migrates nothing and loses nothing.
   {
@@ -88,7 +75,7 @@ TEST(StoreTest, SubmittingTwiceAttachesAndNeverDuplicatesTrials) {
   ASSERT_OK(again);
   EXPECT_FALSE(again->created);
   EXPECT_EQ(again->sweep_id, s.result.sweep_id);
-  EXPECT_EQ(Scalar(s.store->db(), "SELECT COUNT(*) FROM trials"), "6");
+  EXPECT_EQ(QueryScalar(s.store->db(), "SELECT COUNT(*) FROM trials"), "6");
 
   SweepSpec changed = *ParseSweepSpec(std::string(kSpec) + "max_attempts: 5\n", "lr2.yaml");
   absl::StatusOr<SubmitResult> clash = s.store->SubmitSweep(changed, *ExpandSweep(changed), 300.0);
@@ -110,8 +97,8 @@ TEST(StoreTest, SubmittingTwiceAttachesAndNeverDuplicatesTrials) {
 TEST(StoreTest, PerSweepViewHasTypedParameterColumns) {
   Submitted s = Submit(TempDb());
   const std::string view = "sweep_" + std::to_string(s.result.sweep_id) + "_trials";
-  EXPECT_EQ(Scalar(s.store->db(), "SELECT typeof(\"optim.lr\") FROM " + view + " LIMIT 1"), "real");
-  EXPECT_EQ(Scalar(s.store->db(), "SELECT COUNT(*) FROM " + view +
+  EXPECT_EQ(QueryScalar(s.store->db(), "SELECT typeof(\"optim.lr\") FROM " + view + " LIMIT 1"), "real");
+  EXPECT_EQ(QueryScalar(s.store->db(), "SELECT COUNT(*) FROM " + view +
                                       " WHERE \"optim.lr\" > 0.002 AND \"optim.scheduler\" = 'wsd'"),
             "2");
 }
@@ -135,10 +122,10 @@ TEST(StoreTest, MetricsAreIdempotentFencedAndKeepNonFiniteValues) {
   EXPECT_EQ(*s.store->InsertMetrics(batch), 102);
   EXPECT_EQ(*s.store->InsertMetrics(batch), 0);  // A re-sent batch changes nothing.
   sqlite3* db = s.store->db();
-  EXPECT_EQ(Scalar(db, "SELECT COUNT(*) FROM metrics"), "102");
-  EXPECT_EQ(Scalar(db, "SELECT nonfinite FROM metrics WHERE step = 51 AND name = 'loss/out'"), "nan");
-  EXPECT_EQ(Scalar(db, "SELECT value FROM metrics WHERE step = 51 AND name = 'loss/out'"), "");
-  EXPECT_EQ(Scalar(db, "SELECT value_text FROM metric_values WHERE step = 51 AND name = 'optim/grad_norm'"), "inf");
+  EXPECT_EQ(QueryScalar(db, "SELECT COUNT(*) FROM metrics"), "102");
+  EXPECT_EQ(QueryScalar(db, "SELECT nonfinite FROM metrics WHERE step = 51 AND name = 'loss/out'"), "nan");
+  EXPECT_EQ(QueryScalar(db, "SELECT value FROM metrics WHERE step = 51 AND name = 'loss/out'"), "");
+  EXPECT_EQ(QueryScalar(db, "SELECT value_text FROM metric_values WHERE step = 51 AND name = 'optim/grad_norm'"), "inf");
 
   // A batch from a stale attempt is refused whole.
   std::vector<MetricRow> stale = {{trial, 1, "loss/out", 60, 1.0, 1060}};
@@ -148,10 +135,10 @@ TEST(StoreTest, MetricsAreIdempotentFencedAndKeepNonFiniteValues) {
   absl::StatusOr<int64_t> refused = s.store->InsertMetrics(stale);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(Scalar(db, "SELECT COUNT(*) FROM metrics WHERE step = 60"), "0");
+  EXPECT_EQ(QueryScalar(db, "SELECT COUNT(*) FROM metrics WHERE step = 60"), "0");
   EXPECT_EQ(s.store->InsertMetrics({{999, 0, "loss/out", 1, 1.0, 0}}).status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(Scalar(db, "PRAGMA integrity_check"), "ok");
+  EXPECT_EQ(QueryScalar(db, "PRAGMA integrity_check"), "ok");
 }
 
 TEST(StoreTest, ReadOnlyConnectionsCannotWrite) {
@@ -159,9 +146,9 @@ TEST(StoreTest, ReadOnlyConnectionsCannotWrite) {
   Submitted s = Submit(path);
   absl::StatusOr<std::unique_ptr<Store>> reader = Store::OpenReadOnly(path);
   ASSERT_OK(reader);
-  EXPECT_EQ(Scalar((*reader)->db(), "SELECT COUNT(*) FROM trials"), "6");
+  EXPECT_EQ(QueryScalar((*reader)->db(), "SELECT COUNT(*) FROM trials"), "6");
   EXPECT_NE(sqlite3_exec((*reader)->db(), "DELETE FROM trials", nullptr, nullptr, nullptr), SQLITE_OK);
-  EXPECT_EQ(Scalar(s.store->db(), "SELECT COUNT(*) FROM trials"), "6");
+  EXPECT_EQ(QueryScalar(s.store->db(), "SELECT COUNT(*) FROM trials"), "6");
   EXPECT_EQ(Store::OpenReadOnly(path + ".missing").status().code(), absl::StatusCode::kUnavailable);
 }
 
@@ -174,7 +161,7 @@ TEST(StoreTest, BestTrialAndGradNormSpikeViews) {
                          "UPDATE trials SET state = 'running', attempt = 1 WHERE id = 1;",
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
-  EXPECT_EQ(Scalar(db, "SELECT trial_id FROM sweep_best"), "4");
+  EXPECT_EQ(QueryScalar(db, "SELECT trial_id FROM sweep_best"), "4");
   // A grad-norm trace with one spike at step 60.
   std::vector<MetricRow> rows;
   for (int step = 1; step <= 80; ++step) {
@@ -182,15 +169,15 @@ TEST(StoreTest, BestTrialAndGradNormSpikeViews) {
     rows.push_back({1, 1, "optim/grad_norm", step, step == 60 ? 9.0 : 0.5 + noise, 0});
   }
   ASSERT_OK(s.store->InsertMetrics(rows));
-  EXPECT_EQ(Scalar(db, "SELECT group_concat(step) FROM grad_norm_spikes"), "60");
+  EXPECT_EQ(QueryScalar(db, "SELECT group_concat(step) FROM grad_norm_spikes"), "60");
 }
 
 TEST(StoreTest, EventsFormAnAuditLog) {
   Submitted s = Submit(TempDb());
   ASSERT_TRUE(s.store->RecordEvent(150.0, s.result.sweep_id, 0, 0, "paused", "by user").ok());
-  EXPECT_EQ(Scalar(s.store->db(), "SELECT group_concat(kind, ',') FROM (SELECT kind FROM events ORDER BY id)"),
+  EXPECT_EQ(QueryScalar(s.store->db(), "SELECT group_concat(kind, ',') FROM (SELECT kind FROM events ORDER BY id)"),
             "submitted,paused");
-  EXPECT_EQ(Scalar(s.store->db(), "SELECT detail FROM events WHERE kind = 'submitted'"),
+  EXPECT_EQ(QueryScalar(s.store->db(), "SELECT detail FROM events WHERE kind = 'submitted'"),
             "6 trials from lr.yaml");
 }
 

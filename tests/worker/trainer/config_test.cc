@@ -6,14 +6,10 @@
 #include <map>
 #include <string>
 
+#include "tests/testing/status.h"
+
 namespace sweep::trainer {
 namespace {
-
-#define ASSERT_OK(expr)                                  \
-  do {                                                   \
-    const auto& _s = (expr);                             \
-    ASSERT_TRUE(_s.ok()) << _s.status().message();       \
-  } while (0)
 
 constexpr char kLinguaStyle[] = R"(# apps/main/configs/debug.yaml, shortened
 name: debug
