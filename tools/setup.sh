@@ -33,6 +33,8 @@ packages=(
   # the orchestrator: its store (sqlite3 is the shell users query it with) and gRPC
   libsqlite3-dev sqlite3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # tests: a self-signed certificate for sweepd's TLS test
+  openssl
   # the PyTorch reference (tools/reference) and the benchmark
   python3 python3-torch python3-yaml python3-numpy
   # the orchestrator benchmark's baseline (tools/bench_orchestrator)

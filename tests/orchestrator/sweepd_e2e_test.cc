@@ -29,21 +29,23 @@ constexpr char kToken[] = "e2e-token-0123456789abcdef";
 
 class Sweepd {
  public:
-  explicit Sweepd(const std::string& dir) : dir_(dir) {}
+  explicit Sweepd(const std::string& dir, std::vector<std::string> extra = {})
+      : dir_(dir), extra_(std::move(extra)) {}
 
   void Start() {
     fs::remove(dir_ + "/port");
-    process_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{SWEEPD_BIN, "--db", dir_ + "/sweep.db", "--listen",
-                                 "127.0.0.1:0", "--port-file", dir_ + "/port", "--token-file",
-                                 dir_ + "/token", "--lease-ttl", "10"},
-        "", dir_ + "/sweepd.log");
+    std::vector<std::string> argv = {SWEEPD_BIN, "--db", dir_ + "/sweep.db", "--listen",
+                                     "127.0.0.1:0", "--port-file", dir_ + "/port", "--token-file",
+                                     dir_ + "/token", "--lease-ttl", "10"};
+    argv.insert(argv.end(), extra_.begin(), extra_.end());
+    process_ = std::make_unique<Subprocess>(argv, "", dir_ + "/sweepd.log");
     ASSERT_TRUE(WaitFor([&] { return fs::exists(dir_ + "/port"); }, std::chrono::seconds(30)))
         << ReadFileOrEmpty(dir_ + "/sweepd.log");
-    const int port = std::stoi(ReadFileOrEmpty(dir_ + "/port"));
+    port_ = std::stoi(ReadFileOrEmpty(dir_ + "/port"));
     stub_ = v1::Orchestrator::NewStub(grpc::CreateChannel(
-        "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+        "127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials()));
   }
+  int port() const { return port_; }
   void Kill() {
     process_->Signal(SIGKILL);
     process_->Wait();
@@ -56,6 +58,8 @@ class Sweepd {
 
  private:
   const std::string dir_;
+  const std::vector<std::string> extra_;
+  int port_ = 0;
   std::unique_ptr<Subprocess> process_;
   std::unique_ptr<v1::Orchestrator::Stub> stub_;
 };
@@ -191,6 +195,32 @@ TEST(SweepdE2eTest, SurvivesSigkillMidSweepWithoutLosingOrDuplicating) {
   sqlite3_close(db);
   EXPECT_EQ(checked, kTrials * kSteps * 2);
   std::printf("sweepd e2e: %d trials, %d rows checked, %d kill(s) survived\n", kTrials, checked, kills);
+}
+
+TEST(SweepdE2eTest, TlsWithATokenAndPlaintextRefused) {
+  const std::string dir = MakeTempDir("sweepd-tls");
+  std::ofstream(dir + "/token") << kToken << "\n";
+  ASSERT_EQ(sweep::testing::Run({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                                 "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem", "-days",
+                                 "1", "-subj", "/CN=localhost", "-addext",
+                                 "subjectAltName=IP:127.0.0.1,DNS:localhost"},
+                                "", dir + "/openssl.log"),
+            0)
+      << ReadFileOrEmpty(dir + "/openssl.log");
+  Sweepd sweepd(dir, {"--tls-cert", dir + "/cert.pem", "--tls-key", dir + "/key.pem"});
+  ASSERT_NO_FATAL_FAILURE(sweepd.Start());
+  const std::string target = "127.0.0.1:" + std::to_string(sweepd.port());
+
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadFileOrEmpty(dir + "/cert.pem");
+  auto secure = v1::Orchestrator::NewStub(grpc::CreateChannel(target, grpc::SslCredentials(ssl)));
+  v1::ListSweepsResponse sweeps;
+  EXPECT_TRUE(secure->ListSweeps(Ctx().get(), {}, &sweeps).ok());
+  grpc::ClientContext no_token;
+  EXPECT_EQ(secure->ListSweeps(&no_token, {}, &sweeps).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  // A plaintext client cannot talk to a TLS server.
+  EXPECT_FALSE(sweepd.stub()->ListSweeps(Ctx().get(), {}, &sweeps).ok());
+  EXPECT_EQ(sweepd.Stop(), 0);
 }
 
 }  // namespace
