@@ -392,6 +392,13 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
       if (!path.ok()) return path.status();
       last_saved = global_step;
       last_checkpoint = *path;
+      // A worker reports it to sweepd, so that a requeued attempt resumes from here.
+      if (absl::Status s = (*metrics)->Write({{"event", "checkpoint"},
+                                              {"global_step", global_step},
+                                              {"checkpoint", *path}});
+          !s.ok()) {
+        return s;
+      }
     }
   }
 

@@ -6,8 +6,8 @@
 // Lingua's keys (global_step, loss/out, optim/grad_norm, optim/lr, optim/total_tokens,
 // speed/wps) plus grad_norm/<group>, optim/param_norm and, every probe_freq steps,
 // probe/layers.<i>.attn_logit_max and probe/output_logsumexp. loss/val is logged every
-// eval.every steps and at the end. Lines with an "event" key mark resumed, diverged,
-// preempted and completed.
+// eval.every steps and at the end. Lines with an "event" key mark resumed, checkpoint
+// (every checkpoint.every steps), diverged, preempted and completed.
 //
 // A non-finite loss or gradient norm ends the run as kDiverged (no crash, no checkpoint).
 // After RequestStop() (the signal handlers call it) the loop writes a checkpoint at the next

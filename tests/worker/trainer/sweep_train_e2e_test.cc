@@ -184,6 +184,13 @@ TEST_F(SweepTrainTest, SigkillResumesFromLastCompleteCheckpointBitExactly) {
   EXPECT_EQ(resumed_at % 25, 0);
   EXPECT_GE(resumed_at, 50);
   EXPECT_LE(resumed_at, killed_after);
+  // Every periodic checkpoint was announced; the resume point is one of them.
+  bool announced = false;
+  for (const json& e : Events(records, "checkpoint")) {
+    EXPECT_EQ(e["global_step"].get<int64_t>() % 25, 0);
+    announced |= e["global_step"].get<int64_t>() == resumed_at;
+  }
+  EXPECT_TRUE(announced);
   // Steps between the checkpoint and the kill ran twice; both times they match the reference.
   ExpectSameTrajectory(reference, records, 0);
   EXPECT_EQ(Steps(records).size(), 300u + static_cast<size_t>(killed_after - resumed_at));
