@@ -33,6 +33,8 @@ packages=(
   # the orchestrator: its store (sqlite3 is the shell users query it with) and gRPC
   libsqlite3-dev sqlite3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # sweep-worker: Boost.Process (header-only, links Boost.Filesystem)
+  libboost1.81-dev libboost-filesystem1.81-dev
   # tests: a self-signed certificate for sweepd's TLS test
   openssl
   # the PyTorch reference (tools/reference) and the benchmark
