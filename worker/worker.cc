@@ -188,8 +188,15 @@ class Worker {
     std::vector<std::string> args = {"--config", config, "--dump-dir", trial->dir, "--metrics", "-",
                                      "threads=" + std::to_string(options_.threads_per_trial)};
     if (!lease.resume_checkpoint().empty()) {
+      // The previous attempt's trainer may have pruned the reported checkpoint (checkpoint.keep)
+      // after writing newer ones that the worker died before reporting: resume from the newest
+      // complete checkpoint in that folder, which is never older than the reported one.
+      const fs::path reported(lease.resume_checkpoint());
+      const fs::path folder = reported.parent_path();
       args.push_back("--resume");
-      args.push_back(lease.resume_checkpoint());
+      args.push_back(fs::is_directory(folder) && folder.filename() == "checkpoints"
+                         ? folder.string()
+                         : reported.string());
     }
     try {
       auto env = boost::this_process::environment();

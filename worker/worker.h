@@ -4,7 +4,8 @@
 //   * registers its CPU slots under --name (re-attaches by name after a restart);
 //   * leases as many trials as it has free slots; each runs in
 //     <workdir>/<sweep>/<trial>/attempt-<n>/ as `sweep-train --config config.yaml --dump-dir .
-//     --metrics - threads=N [--resume <checkpoint sweepd named>]`, in its own process group,
+//     --metrics - threads=N [--resume <folder of the checkpoint sweepd named>]` (the newest
+//     complete checkpoint there, never older than the reported one), in its own process group,
 //     killed if the worker dies (PR_SET_PDEATHSIG);
 //   * parses the JSON lines of the child's stdout: metric rows are streamed to sweepd every
 //     flush interval (kept and retried while sweepd is unreachable), checkpoint events are
