@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
+#include <set>
+#include <string>
 #include <tuple>
 #include <nlohmann/json.hpp>
 
@@ -21,8 +24,73 @@ const char* OutcomeState(Outcome outcome) {
       return "failed";
     case Outcome::kStopped:
       return "stopped";
+    case Outcome::kReleased:
+      return "pending";
   }
   return "failed";
+}
+
+// attempt_errors as a JSON array; a damaged value starts a fresh one rather than failing the
+// transition that appends to it.
+nlohmann::json AttemptErrors(const std::string& text) {
+  nlohmann::json errors = nlohmann::json::parse(text, nullptr, false);
+  return errors.is_array() ? errors : nlohmann::json::array();
+}
+
+// The sweep columns a lease needs, in the order ReadLeaseSweep reads them (alias `s`).
+constexpr char kLeaseSweepColumns[] =
+    "s.id, s.name, s.trainer_command, s.gpus_per_trial, s.cpu_slots_per_trial, s.metric_name, "
+    "s.metric_goal";
+constexpr int kLeaseSweepColumnCount = 7;
+// The trial columns a lease needs, in the order MakeLease reads them (alias `t`).
+constexpr char kLeaseTrialColumns[] =
+    "t.id, t.attempt, t.trial_key, t.config, t.checkpoint, t.params";
+constexpr int kLeaseTrialColumnCount = 6;
+
+// What a lease takes from its sweep.
+struct LeaseSweep {
+  int64_t id = 0;
+  std::string name;
+  std::vector<std::string> command;
+  int gpus = 0;
+  int cpu_slots = 0;
+  std::string metric_name;
+  bool minimize = true;
+};
+
+LeaseSweep ReadLeaseSweep(Statement& st, int first) {
+  LeaseSweep sweep;
+  sweep.id = st.Int(first);
+  sweep.name = st.Text(first + 1);
+  sweep.command = nlohmann::json::parse(st.Text(first + 2)).get<std::vector<std::string>>();
+  sweep.gpus = static_cast<int>(st.Int(first + 3));
+  // A trial takes GPUs, or else CPU slots (docs/schema.md).
+  sweep.cpu_slots = sweep.gpus > 0 ? 0 : static_cast<int>(st.Int(first + 4));
+  sweep.metric_name = st.Text(first + 5);
+  sweep.minimize = st.Text(first + 6) == "minimize";
+  return sweep;
+}
+
+// A lease for the trial row at `first` (kLeaseTrialColumns) of `sweep`, at the trial's stored
+// attempt: LeaseTrials moves it on, HeldTrials keeps it. Both fill leases here, so a restarted
+// worker sees exactly what the original lease said.
+Lease MakeLease(const LeaseSweep& sweep, Statement& st, int first, double expires_at) {
+  Lease lease;
+  lease.trial_id = st.Int(first);
+  lease.attempt = static_cast<int>(st.Int(first + 1));
+  lease.sweep_id = sweep.id;
+  lease.sweep_name = sweep.name;
+  lease.trial_key = st.Text(first + 2);
+  lease.config = st.Text(first + 3);
+  lease.command = sweep.command;
+  if (!st.IsNull(first + 4)) lease.checkpoint = st.Text(first + 4);
+  lease.gpus = sweep.gpus;
+  lease.cpu_slots = sweep.cpu_slots;
+  lease.expires_at = expires_at;
+  lease.metric_name = sweep.metric_name;
+  lease.minimize = sweep.minimize;
+  lease.params_json = st.Text(first + 5);
+  return lease;
 }
 
 // Runs `body` inside BEGIN IMMEDIATE ... COMMIT, rolling back when it fails.
@@ -64,6 +132,7 @@ absl::StatusOr<int64_t> Scheduler::RegisterWorker(const WorkerInfo& info) {
         absl::StrCat("worker ", info.name, ": needs at least one GPU or CPU slot"));
   }
   int64_t id = 0;
+  int held = 0;
   absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
     const double now = clock_->Now();
     Statement upsert(store_->db(),
@@ -80,11 +149,46 @@ absl::StatusOr<int64_t> Scheduler::RegisterWorker(const WorkerInfo& info) {
     upsert.Bind(6, now);
     if (upsert.Step() != SQLITE_ROW) return upsert.Error("registering the worker");
     id = upsert.Int(0);
+    upsert.Reset();  // Finish the RETURNING statement before the next write.
+    // A restarted worker re-attaches by name while sweepd still leases trials to it: give it
+    // a full lease to reconcile each one (HeldTrials) before ExpireLeases requeues them.
+    Statement renew(store_->db(),
+                    "UPDATE trials SET lease_expires_at = ? WHERE worker_id = ? "
+                    "AND state IN ('leased', 'running')");
+    renew.Bind(1, now + options_.lease_ttl);
+    renew.Bind(2, id);
+    if (renew.Step() != SQLITE_DONE) return renew.Error("renewing the worker's leases");
+    held = sqlite3_changes(store_->db());
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
-  if (absl::Status e = Event(0, 0, id, "worker_registered", info.name); !e.ok()) return e;
+  if (absl::Status e = Event(0, 0, id, "worker_registered",
+                             held == 0 ? info.name
+                                       : absl::StrCat(info.name, " (re-attached, holds ", held,
+                                                      " trials)"));
+      !e.ok()) {
+    return e;
+  }
   return id;
+}
+
+absl::StatusOr<std::vector<Lease>> Scheduler::HeldTrials(int64_t worker_id) {
+  Statement st(store_->db(),
+               absl::StrCat("SELECT ", kLeaseTrialColumns, ", t.lease_expires_at, ",
+                            kLeaseSweepColumns,
+                            " FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
+                            "WHERE t.worker_id = ? AND t.state IN ('leased', 'running') "
+                            "ORDER BY t.id"));
+  if (!st.status().ok()) return st.status();
+  st.Bind(1, worker_id);
+  std::vector<Lease> leases;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) {
+    const LeaseSweep sweep = ReadLeaseSweep(st, kLeaseTrialColumnCount + 1);
+    leases.push_back(MakeLease(sweep, st, 0, st.Double(kLeaseTrialColumnCount)));
+  }
+  if (rc != SQLITE_DONE) return st.Error("reading the worker's trials");
+  return leases;
 }
 
 absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int free_gpus,
@@ -105,23 +209,25 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
     // Running sweeps in priority order, then each one's oldest pending trials (index
     // trials_by_state), so a lease costs the same with 10 or 100,000 trials waiting.
     Statement sweeps(store_->db(),
-                     "SELECT id, name, trainer_command, gpus_per_trial, cpu_slots_per_trial, "
-                     "parallel FROM sweeps WHERE state = 'running' ORDER BY priority DESC, id");
+                     absl::StrCat("SELECT ", kLeaseSweepColumns, ", s.parallel FROM sweeps s "
+                                  "WHERE s.state = 'running' ORDER BY s.priority DESC, s.id"));
     if (!sweeps.status().ok()) return sweeps.status();
     Statement live(store_->db(),
                    "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND state IN ('leased', 'running')");
     Statement pending(store_->db(),
-                      "SELECT id, attempt, trial_key, config, checkpoint FROM trials "
-                      "WHERE sweep_id = ? AND state = 'pending' ORDER BY id LIMIT ?");
+                      absl::StrCat("SELECT ", kLeaseTrialColumns, " FROM trials t "
+                                   "WHERE t.sweep_id = ? AND t.state = 'pending' "
+                                   "ORDER BY t.id LIMIT ?"));
     Statement take(store_->db(),
                    "UPDATE trials SET state = 'leased', attempt = attempt + 1, worker_id = ?, "
                    "lease_expires_at = ?, stop_requested = 0, started_at = COALESCE(started_at, ?) "
                    "WHERE id = ? AND state = 'pending'");
     while (static_cast<int>(leases.size()) < max_trials && sweeps.Step() == SQLITE_ROW) {
-      const int64_t sweep_id = sweeps.Int(0);
-      const int gpus = static_cast<int>(sweeps.Int(3));
-      const int cpu_slots = gpus > 0 ? 0 : static_cast<int>(sweeps.Int(4));
-      const int parallel = static_cast<int>(sweeps.Int(5));
+      const LeaseSweep sweep = ReadLeaseSweep(sweeps, 0);
+      const int64_t sweep_id = sweep.id;
+      const int gpus = sweep.gpus;
+      const int cpu_slots = sweep.cpu_slots;
+      const int parallel = static_cast<int>(sweeps.Int(kLeaseSweepColumnCount));
       // How many of this sweep's trials fit: resources, parallel and the caller's max.
       int room = max_trials - static_cast<int>(leases.size());
       if (gpus > 0) room = std::min(room, free_gpus / gpus);
@@ -133,26 +239,14 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
         room = std::min(room, parallel - static_cast<int>(live.Int(0)));
       }
       if (room <= 0) continue;
-      const std::vector<std::string> command =
-          nlohmann::json::parse(sweeps.Text(2)).get<std::vector<std::string>>();
       // Read the candidates first: updating rows of the index a SELECT is walking is unsafe.
       std::vector<Lease> batch;
       pending.Reset();
       pending.Bind(1, sweep_id);
       pending.Bind(2, room);
       while (pending.Step() == SQLITE_ROW) {
-        Lease lease;
-        lease.trial_id = pending.Int(0);
-        lease.attempt = static_cast<int>(pending.Int(1)) + 1;
-        lease.sweep_id = sweep_id;
-        lease.sweep_name = sweeps.Text(1);
-        lease.trial_key = pending.Text(2);
-        lease.config = pending.Text(3);
-        lease.command = command;
-        if (!pending.IsNull(4)) lease.checkpoint = pending.Text(4);
-        lease.gpus = gpus;
-        lease.cpu_slots = cpu_slots;
-        lease.expires_at = now + options_.lease_ttl;
+        Lease lease = MakeLease(sweep, pending, 0, now + options_.lease_ttl);
+        ++lease.attempt;  // Each lease is a new attempt (the `take` below stores it).
         batch.push_back(std::move(lease));
       }
       pending.Reset();
@@ -283,22 +377,70 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
     if (absl::Status s = CheckFence(trial_id, attempt, &sweep_id, &worker_id); !s.ok()) return s;
     const double now = clock_->Now();
     Statement info(store_->db(),
-                   "SELECT t.stop_requested, s.state FROM trials t JOIN sweeps s "
-                   "ON s.id = t.sweep_id WHERE t.id = ?");
+                   "SELECT t.stop_requested, s.state, s.max_attempts, t.attempt_errors "
+                   "FROM trials t JOIN sweeps s ON s.id = t.sweep_id WHERE t.id = ?");
     info.Bind(1, trial_id);
     if (info.Step() != SQLITE_ROW) return info.Error("reading the trial");
     const std::string sweep_state = info.Text(1);
-    const bool cancel_requested = info.Int(0) == 2;
+    // Nothing that was cancelled goes back to pending: it would wait there for ever.
+    const bool cancelled = sweep_state == "cancelled" || info.Int(0) == 2;
+    const int max_attempts = static_cast<int>(info.Int(2));
+    nlohmann::json errors = AttemptErrors(info.Text(3));
+
+    // How the attempt ended, for the audit log: "attempt 2, exit 1: CUDA error".
+    std::string detail = absl::StrCat("attempt ", attempt);
+    if (c.exit_code != 0) absl::StrAppend(&detail, ", exit ", c.exit_code);
+    if (!c.error.empty()) absl::StrAppend(&detail, ": ", c.error);
+
     std::string state = OutcomeState(c.outcome);
-    // Stopped for a pause: wait as pending and resume from the checkpoint later.
-    if (c.outcome == Outcome::kStopped && sweep_state == "paused") state = "pending";
-    if ((sweep_state == "cancelled" || cancel_requested) && c.outcome == Outcome::kStopped) {
-      state = "cancelled";
+    std::string kind;  // The event; empty: the new state.
+    // `error` is the outcome of a trial that ended; one that waits as pending has none yet.
+    std::optional<std::string> error;
+    if (!c.error.empty()) error = c.error;
+    switch (c.outcome) {
+      case Outcome::kStopped:
+        // Stopped for a pause: wait as pending and resume from the checkpoint later.
+        if (sweep_state == "paused") state = "pending";
+        if (cancelled) state = "cancelled";
+        break;
+      case Outcome::kReleased:
+        // Not the trial's fault nor the worker's: no attempt error, no quarantine count.
+        state = cancelled ? "cancelled" : "pending";
+        kind = "released";
+        if (cancelled) absl::StrAppend(&detail, "; trial cancelled");
+        error.reset();
+        break;
+      case Outcome::kFailed: {
+        errors.push_back(absl::StrCat("attempt ", attempt, ": ",
+                                      c.error.empty() ? "no reason given" : c.error));
+        // max_attempts counts failed attempts, not leases: released and paused attempts
+        // do not use it up.
+        const int failures = static_cast<int>(errors.size());
+        if (failures >= max_attempts) {
+          error = absl::StrCat("failed after ", failures, " attempts: ",
+                               c.error.empty() ? "no reason given" : c.error);
+        } else if (cancelled) {
+          state = "cancelled";
+        } else {
+          state = "pending";
+          kind = "requeued";
+          absl::StrAppend(&detail, " (failed attempt ", failures, " of ", max_attempts, ")");
+        }
+        break;
+      }
+      case Outcome::kCompleted:
+      case Outcome::kDiverged:
+        break;
     }
+    if (state == "pending") error.reset();
     Statement st(store_->db(),
-                 "UPDATE trials SET state = ?, worker_id = NULL, lease_expires_at = NULL, "
-                 "last_step = ?, final_metric = ?, diverged_step = ?, error = ?, "
-                 "finished_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END WHERE id = ?");
+                 "UPDATE trials SET state = ?1, worker_id = NULL, lease_expires_at = NULL, "
+                 "last_step = ?2, final_metric = ?3, best_metric = ?4, diverged_step = ?5, "
+                 "error = ?6, attempt_errors = COALESCE(?7, attempt_errors), "
+                 // A checkpoint named only here has no known step.
+                 "checkpoint_step = CASE WHEN ?8 IS NULL OR ?8 IS checkpoint "
+                 "THEN checkpoint_step ELSE NULL END, checkpoint = COALESCE(?8, checkpoint), "
+                 "finished_at = CASE WHEN ?1 = 'pending' THEN NULL ELSE ?9 END WHERE id = ?10");
     st.Bind(1, state);
     st.Bind(2, c.last_step);
     if (c.final_metric) {
@@ -306,22 +448,38 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
     } else {
       st.BindNull(3);
     }
-    if (c.outcome == Outcome::kDiverged) {
-      st.Bind(4, c.diverged_step);
+    if (c.best_metric) {
+      st.Bind(4, *c.best_metric);
     } else {
       st.BindNull(4);
     }
-    if (c.error.empty()) {
-      st.BindNull(5);
+    if (c.outcome == Outcome::kDiverged) {
+      st.Bind(5, c.diverged_step);
     } else {
-      st.Bind(5, c.error);
+      st.BindNull(5);
     }
-    st.Bind(6, state);
-    st.Bind(7, now);
-    st.Bind(8, trial_id);
+    if (error) {
+      st.Bind(6, *error);
+    } else {
+      st.BindNull(6);
+    }
+    // Only a failed attempt adds to attempt_errors; every other outcome leaves it as it is.
+    if (c.outcome == Outcome::kFailed) {
+      st.Bind(7, errors.dump());
+    } else {
+      st.BindNull(7);
+    }
+    if (c.checkpoint.empty()) {
+      st.BindNull(8);
+    } else {
+      st.Bind(8, c.checkpoint);
+    }
+    st.Bind(9, now);
+    st.Bind(10, trial_id);
     if (st.Step() != SQLITE_DONE) return st.Error("completing a trial");
-    // Quarantine bookkeeping: a worker whose trials keep failing gets no more of them.
-    if (worker_id != 0) {
+    // Quarantine bookkeeping: a worker whose trials keep failing gets no more of them. A
+    // trial handed back says nothing about the worker either way.
+    if (worker_id != 0 && c.outcome != Outcome::kReleased) {
       const bool failed = c.outcome == Outcome::kFailed;
       if (absl::Status s = Exec(absl::StrCat(
               "UPDATE workers SET consecutive_failures = ",
@@ -346,18 +504,20 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
         }
       }
     }
-    if (absl::Status e = Event(sweep_id, trial_id, worker_id, state,
-                               absl::StrCat("attempt ", attempt,
-                                            c.error.empty() ? "" : ": " + c.error));
+    if (absl::Status e = Event(sweep_id, trial_id, worker_id, kind.empty() ? state : kind, detail);
         !e.ok()) {
       return e;
     }
-    // A sweep with no trial left to run is completed.
-    return Exec(absl::StrCat(
-        "UPDATE sweeps SET state = 'completed', updated_at = ", now, " WHERE id = ", sweep_id,
-        " AND state = 'running' AND NOT EXISTS (SELECT 1 FROM trials WHERE sweep_id = ", sweep_id,
-        " AND state IN ('pending', 'leased', 'running'))"));
+    return CompleteSweepIfDone(sweep_id, now);
   });
+}
+
+absl::Status Scheduler::CompleteSweepIfDone(int64_t sweep_id, double now) {
+  // A sweep with no trial left to run is completed.
+  return Exec(absl::StrCat(
+      "UPDATE sweeps SET state = 'completed', updated_at = ", now, " WHERE id = ", sweep_id,
+      " AND state = 'running' AND NOT EXISTS (SELECT 1 FROM trials WHERE sweep_id = ", sweep_id,
+      " AND state IN ('pending', 'leased', 'running'))"));
 }
 
 absl::StatusOr<int> Scheduler::ExpireLeases() {
@@ -366,7 +526,8 @@ absl::StatusOr<int> Scheduler::ExpireLeases() {
     const double now = clock_->Now();
     Statement find(store_->db(),
                    "SELECT t.id, t.attempt, t.sweep_id, t.worker_id, s.max_attempts, "
-                   "t.attempt_errors FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
+                   "t.attempt_errors, t.stop_requested, s.state FROM trials t "
+                   "JOIN sweeps s ON s.id = t.sweep_id "
                    "WHERE t.state IN ('leased', 'running') AND t.lease_expires_at < ?");
     find.Bind(1, now);
     Statement update(store_->db(),
@@ -376,30 +537,42 @@ absl::StatusOr<int> Scheduler::ExpireLeases() {
     while (find.Step() == SQLITE_ROW) {
       const int64_t trial_id = find.Int(0);
       const int attempt = static_cast<int>(find.Int(1));
-      nlohmann::json errors = nlohmann::json::parse(find.Text(5), nullptr, false);
-      if (!errors.is_array()) errors = nlohmann::json::array();
+      nlohmann::json errors = AttemptErrors(find.Text(5));
       errors.push_back(absl::StrCat("attempt ", attempt, ": lease expired (worker lost)"));
-      const bool give_up = attempt >= find.Int(4);
+      // Failed attempts, not the attempt number: released and paused attempts are free.
+      const int failures = static_cast<int>(errors.size());
+      const bool give_up = failures >= find.Int(4);
+      const bool cancelled = find.Text(7) == "cancelled" || find.Int(6) == 2;
+      const std::string state = give_up ? "failed" : cancelled ? "cancelled" : "pending";
       update.Reset();
-      update.Bind(1, std::string(give_up ? "failed" : "pending"));
+      update.Bind(1, state);
       update.Bind(2, errors.dump());
       if (give_up) {
-        update.Bind(3, absl::StrCat("failed after ", attempt, " attempts: ", errors.dump()));
-        update.Bind(4, now);
+        update.Bind(3, absl::StrCat("failed after ", failures, " attempts: ", errors.dump()));
       } else {
         update.BindNull(3);
+      }
+      if (state == "pending") {
         update.BindNull(4);
+      } else {
+        update.Bind(4, now);
       }
       update.Bind(5, trial_id);
       if (update.Step() != SQLITE_DONE) return update.Error("expiring a lease");
       events.emplace_back(find.Int(2), trial_id, find.IsNull(3) ? 0 : find.Int(3),
-                          give_up ? "failed" : "requeued");
+                          state == "pending" ? "requeued" : state);
       ++expired;
     }
+    std::set<int64_t> sweeps;
     for (const auto& [sweep_id, trial_id, worker_id, kind] : events) {
       if (absl::Status e = Event(sweep_id, trial_id, worker_id, kind, "lease expired"); !e.ok()) {
         return e;
       }
+      sweeps.insert(sweep_id);
+    }
+    // A trial that gave up may have been the sweep's last one.
+    for (int64_t sweep_id : sweeps) {
+      if (absl::Status s = CompleteSweepIfDone(sweep_id, now); !s.ok()) return s;
     }
     return absl::OkStatus();
   });

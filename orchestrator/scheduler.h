@@ -1,5 +1,6 @@
 // The scheduler: hands trials to workers under leases, and moves trials through
-//   pending -> leased -> running -> completed | diverged | failed | stopped | cancelled.
+//   pending -> leased -> running -> completed | diverged | failed | stopped | cancelled,
+// and back to pending when an attempt is handed back, lost or failed with attempts left.
 // Every transition is one SQLite transaction on the Store, recorded in `events`.
 //
 // Contract
@@ -11,9 +12,13 @@
 //   * Heartbeat() renews the worker's leases for lease_ttl seconds and answers with the
 //     trials to stop (sweep paused with stop, cancelled, trial cancelled, or a lease the
 //     worker no longer holds).
-//   * ExpireLeases() requeues trials whose lease ran out: back to pending (the next attempt
-//     resumes from the last reported checkpoint), or failed after max_attempts, with the
-//     reason of each attempt kept in attempt_errors.
+//   * Failed attempts: a lease that ran out (ExpireLeases) or a FAILED completion sends the
+//     trial back to pending (the next attempt resumes from the last checkpoint) until it has
+//     failed the sweep's max_attempts times; then it is failed. The reason of each failed
+//     attempt is kept in attempt_errors, whose length is what max_attempts counts: attempts
+//     handed back (kReleased) or stopped for a pause are not failures and use up nothing.
+//   * A worker that restarts re-registers under its name: RegisterWorker() renews the leases
+//     it still holds, and HeldTrials() lists them so it can reconcile each one.
 //   * A worker whose trials fail `quarantine_after` times in a row is quarantined: it gets no
 //     more trials until an operator releases it.
 //   * Pause stops handing out a sweep's trials (running ones go on, or are stopped with a
@@ -71,6 +76,9 @@ struct Lease {
   int gpus = 0;
   int cpu_slots = 0;
   double expires_at = 0;
+  std::string metric_name;  // The sweep's metric and goal: the worker reports its value.
+  bool minimize = true;
+  std::string params_json;  // The trial's parameters, {"optim.lr": 0.003, ...} (typed).
 };
 
 struct TrialProgress {
@@ -85,14 +93,24 @@ struct StopRequest {
   std::string reason;
 };
 
-enum class Outcome { kCompleted, kDiverged, kFailed, kStopped };
+enum class Outcome {
+  kCompleted,
+  kDiverged,
+  kFailed,    // Pending again while failed attempts < max_attempts, else failed.
+  kStopped,   // Stopped on request: pending when the sweep is paused, cancelled if cancelled.
+  kReleased,  // Handed back by the worker (shutdown, restart): pending at once (cancelled if
+              // the sweep or trial was cancelled); not a failure, for the trial or the worker.
+};
 
 struct Completion {
   Outcome outcome = Outcome::kCompleted;
   int64_t last_step = 0;
   std::optional<double> final_metric;
   int64_t diverged_step = 0;
-  std::string error;
+  std::string error;  // kFailed: why; kReleased: the reason it was handed back.
+  std::optional<double> best_metric;
+  std::string checkpoint;  // Non-empty: the attempt's last complete checkpoint.
+  int exit_code = 0;       // The trainer's; named in the event detail when not 0.
 };
 
 class Scheduler {
@@ -101,8 +119,14 @@ class Scheduler {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  // Registers a worker or re-attaches one by name; returns its id.
+  // Registers a worker or re-attaches one by name; returns its id. A re-attaching worker's
+  // leased and running trials get their leases renewed (now + lease_ttl), so a restarted
+  // worker has a full lease to reconcile them (see HeldTrials).
   absl::StatusOr<int64_t> RegisterWorker(const WorkerInfo& info);
+
+  // The trials leased to the worker (state leased or running), in id order, as the leases
+  // LeaseTrials handed out: same attempt, expires_at the current lease expiry.
+  absl::StatusOr<std::vector<Lease>> HeldTrials(int64_t worker_id);
 
   // Up to `max_trials` leases that fit the free resources. Empty when nothing fits.
   absl::StatusOr<std::vector<Lease>> LeaseTrials(int64_t worker_id, int free_gpus,
@@ -119,9 +143,11 @@ class Scheduler {
   absl::Status ReportCheckpoint(int64_t trial_id, int attempt, const std::string& path,
                                 int64_t step);
 
+  // Ends the attempt: see Outcome for where each outcome takes the trial. A non-empty
+  // completion.checkpoint becomes the trial's resume point.
   absl::Status Complete(int64_t trial_id, int attempt, const Completion& completion);
 
-  // Requeues or fails trials whose lease expired; returns how many.
+  // Requeues or fails trials whose lease expired (a failed attempt each); returns how many.
   absl::StatusOr<int> ExpireLeases();
 
   absl::Status PauseSweep(const std::string& sweep, bool stop_running);
@@ -134,12 +160,17 @@ class Scheduler {
   absl::Status RetryTrial(int64_t trial_id);
   absl::Status ReleaseWorker(const std::string& name);
 
+  // Seconds a lease lives without a heartbeat (RegisterWorker's reply tells the worker).
+  double lease_ttl() const { return options_.lease_ttl; }
+
  private:
   absl::Status Exec(const std::string& sql);
   absl::Status Event(int64_t sweep_id, int64_t trial_id, int64_t worker_id,
                      const std::string& kind, const std::string& detail);
   // Checks that (trial, attempt) holds a lease; fills the trial's sweep and worker.
   absl::Status CheckFence(int64_t trial_id, int attempt, int64_t* sweep_id, int64_t* worker_id);
+  // Marks a running sweep completed once none of its trials is pending, leased or running.
+  absl::Status CompleteSweepIfDone(int64_t sweep_id, double now);
 
   Store* const store_;
   Clock* const clock_;

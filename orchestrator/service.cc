@@ -54,6 +54,29 @@ void ToTrial(const TrialRow& row, v1::Trial* out) {
     out->set_has_final_metric(true);
     out->set_final_metric(*row.final_metric);
   }
+  if (row.best_metric) {
+    out->set_has_best_metric(true);
+    out->set_best_metric(*row.best_metric);
+  }
+  out->set_attempt_errors_json(row.attempt_errors_json);
+}
+
+// LeaseTrials and RegisterWorker (held trials) describe a lease the same way.
+void ToLease(const Lease& lease, v1::Lease* out) {
+  out->set_trial_id(lease.trial_id);
+  out->set_attempt(lease.attempt);
+  out->set_sweep_id(lease.sweep_id);
+  out->set_sweep_name(lease.sweep_name);
+  out->set_trial_key(lease.trial_key);
+  out->set_config_yaml(lease.config);
+  for (const std::string& arg : lease.command) out->add_command(arg);
+  if (lease.checkpoint) out->set_resume_checkpoint(*lease.checkpoint);
+  out->set_gpus(lease.gpus);
+  out->set_cpu_slots(lease.cpu_slots);
+  out->set_expires_at(lease.expires_at);
+  out->set_metric_name(lease.metric_name);
+  out->set_minimize(lease.minimize);
+  out->set_params_json(lease.params_json);
 }
 
 }  // namespace
@@ -348,7 +371,12 @@ grpc::Status OrchestratorService::RegisterWorker(grpc::ServerContext* context,
   absl::StatusOr<int64_t> id = scheduler_->RegisterWorker(
       {request->name(), request->host(), request->gpus(), request->cpu_slots(), labels.dump()});
   if (!id.ok()) return ToGrpc(id.status());
+  // A restarted worker learns which trials it still holds, under leases just renewed.
+  absl::StatusOr<std::vector<Lease>> held = scheduler_->HeldTrials(*id);
+  if (!held.ok()) return ToGrpc(held.status());
   response->set_worker_id(*id);
+  response->set_lease_ttl_seconds(scheduler_->lease_ttl());
+  for (const Lease& lease : *held) ToLease(lease, response->add_held());
   return grpc::Status::OK;
 }
 
@@ -368,20 +396,7 @@ grpc::Status OrchestratorService::LeaseTrials(grpc::ServerContext* context,
           request->worker_id(), request->free_gpus(), request->free_cpu_slots(),
           request->max_trials() > 0 ? request->max_trials() : 1);
       if (!leases.ok()) return ToGrpc(leases.status());
-      for (const Lease& lease : *leases) {
-        v1::Lease* out = response->add_leases();
-        out->set_trial_id(lease.trial_id);
-        out->set_attempt(lease.attempt);
-        out->set_sweep_id(lease.sweep_id);
-        out->set_sweep_name(lease.sweep_name);
-        out->set_trial_key(lease.trial_key);
-        out->set_config_yaml(lease.config);
-        for (const std::string& arg : lease.command) out->add_command(arg);
-        if (lease.checkpoint) out->set_resume_checkpoint(*lease.checkpoint);
-        out->set_gpus(lease.gpus);
-        out->set_cpu_slots(lease.cpu_slots);
-        out->set_expires_at(lease.expires_at);
-      }
+      for (const Lease& lease : *leases) ToLease(lease, response->add_leases());
     }
     if (response->leases_size() > 0 || std::chrono::steady_clock::now() >= deadline ||
         context->IsCancelled()) {
@@ -472,6 +487,9 @@ grpc::Status OrchestratorService::CompleteTrial(grpc::ServerContext* context,
     case v1::CompleteTrialRequest::STOPPED:
       c.outcome = Outcome::kStopped;
       break;
+    case v1::CompleteTrialRequest::RELEASED:
+      c.outcome = Outcome::kReleased;
+      break;
     default:
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "outcome: must be set");
   }
@@ -479,6 +497,9 @@ grpc::Status OrchestratorService::CompleteTrial(grpc::ServerContext* context,
   if (request->has_final_metric()) c.final_metric = request->final_metric();
   c.diverged_step = request->diverged_step();
   c.error = request->error();
+  if (request->has_best_metric()) c.best_metric = request->best_metric();
+  c.checkpoint = request->checkpoint();
+  c.exit_code = request->exit_code();
   std::lock_guard<std::mutex> lock(mu_);
   return ToGrpc(scheduler_->Complete(request->trial_id(), request->attempt(), c));
 }

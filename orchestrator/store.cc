@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -141,7 +142,20 @@ SELECT trial_id, name, step, COALESCE(CAST(value AS TEXT), nonfinite) AS value_t
        nonfinite, attempt, time
 FROM metrics;
 )sql",
+    // 2: the best value of the metric an attempt reached (CompleteTrial's best_metric), also
+    // in trial_summary. A view cannot be altered, so it is dropped and created again.
+    R"sql(
+ALTER TABLE trials ADD COLUMN best_metric REAL;
+
+DROP VIEW trial_summary;
+CREATE VIEW trial_summary AS
+SELECT t.id AS trial_id, s.name AS sweep, t.trial_key, t.params, t.state, t.attempt,
+       t.last_step, t.final_metric, t.best_metric, s.metric_name, s.metric_goal,
+       t.diverged_step, t.checkpoint_step, t.error, t.started_at, t.finished_at
+FROM trials t JOIN sweeps s ON s.id = t.sweep_id;
+)sql",
 };
+static_assert(std::size(kMigrations) == kSchemaVersion, "one migration per schema version");
 
 std::string Fnv1aHex(const std::string& text) {
   uint64_t hash = 1469598103934665603ull;
@@ -384,7 +398,8 @@ namespace {
 
 constexpr char kTrialColumns[] =
     "SELECT id, sweep_id, trial_key, params, config, state, attempt, checkpoint, "
-    "COALESCE(error, ''), COALESCE(last_step, 0), final_metric FROM trials";
+    "COALESCE(error, ''), COALESCE(last_step, 0), final_metric, best_metric, attempt_errors "
+    "FROM trials";
 
 TrialRow ReadTrial(Statement& st) {
   TrialRow row;
@@ -399,6 +414,8 @@ TrialRow ReadTrial(Statement& st) {
   row.error = st.Text(8);
   row.last_step = st.Int(9);
   if (!st.IsNull(10)) row.final_metric = st.Double(10);
+  if (!st.IsNull(11)) row.best_metric = st.Double(11);
+  row.attempt_errors_json = st.Text(12);
   return row;
 }
 

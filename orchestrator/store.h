@@ -33,7 +33,7 @@ struct sqlite3;
 
 namespace sweep::orchestrator {
 
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
 
 struct SweepRow {
   int64_t id = 0;
@@ -60,6 +60,8 @@ struct TrialRow {
   std::string error;
   int64_t last_step = 0;
   std::optional<double> final_metric;
+  std::optional<double> best_metric;
+  std::string attempt_errors_json = "[]";  // why each failed attempt failed
 };
 
 struct MetricRow {

@@ -2,6 +2,7 @@
 // protocol with fencing, and the read-only query RPC.
 #include "orchestrator/service.h"
 
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -48,6 +49,40 @@ class ServiceTest : public ::testing::Test {
     auto ctx = std::make_unique<grpc::ClientContext>();
     if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
     return ctx;
+  }
+
+  int64_t RegisterWorker(const std::string& name, v1::RegisterWorkerResponse* resp) {
+    v1::RegisterWorkerRequest req;
+    req.set_name(name);
+    req.set_cpu_slots(2);
+    grpc::Status s = stub_->RegisterWorker(Ctx().get(), req, resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp->worker_id();
+  }
+
+  std::vector<v1::Lease> Lease(int64_t worker, int max_trials = 1) {
+    v1::LeaseTrialsRequest req;
+    req.set_worker_id(worker);
+    req.set_free_cpu_slots(2);
+    req.set_max_trials(max_trials);
+    v1::LeaseTrialsResponse resp;
+    grpc::Status s = stub_->LeaseTrials(Ctx().get(), req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return {resp.leases().begin(), resp.leases().end()};
+  }
+
+  grpc::Status Complete(const v1::CompleteTrialRequest& req) {
+    v1::Ack ack;
+    return stub_->CompleteTrial(Ctx().get(), req, &ack);
+  }
+
+  v1::Trial GetTrial(int64_t trial_id) {
+    v1::TrialRef ref;
+    ref.set_trial_id(trial_id);
+    v1::Trial trial;
+    grpc::Status s = stub_->GetTrial(Ctx().get(), ref, &trial);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return trial;
   }
 
   v1::Sweep Submit(const std::string& spec = kSpec) {
@@ -108,6 +143,8 @@ TEST_F(ServiceTest, WorkerProtocolWithFencing) {
   reg.set_cpu_slots(2);
   v1::RegisterWorkerResponse worker;
   ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), reg, &worker).ok());
+  EXPECT_EQ(worker.lease_ttl_seconds(), 30);
+  EXPECT_EQ(worker.held_size(), 0);
 
   v1::LeaseTrialsRequest lease_req;
   lease_req.set_worker_id(worker.worker_id());
@@ -119,6 +156,9 @@ TEST_F(ServiceTest, WorkerProtocolWithFencing) {
   const v1::Lease lease = leases.leases(0);
   EXPECT_EQ(lease.attempt(), 1);
   EXPECT_NE(lease.config_yaml().find("lr: 0.001"), std::string::npos);
+  EXPECT_EQ(lease.metric_name(), "loss/val");
+  EXPECT_TRUE(lease.minimize());
+  EXPECT_EQ(lease.params_json(), R"({"optim.lr":0.001})");
 
   v1::TrialAttempt start;
   start.set_trial_id(lease.trial_id());
@@ -285,6 +325,102 @@ TEST_F(ServiceTest, WatchStreamsEventsUntilTheSweepEnds) {
   ASSERT_TRUE(reader->Finish().ok());  // Ends by itself: the sweep is over.
   EXPECT_EQ(kinds, (std::vector<std::string>{"submitted", "cancelled"}));
   EXPECT_EQ(event.sweep_state(), "cancelled");
+}
+
+TEST_F(ServiceTest, FailedAttemptsRetryAndReleasedOnesAreFree) {
+  Submit(std::string(kSpec) + "max_attempts: 2\n");
+  v1::RegisterWorkerResponse reg;
+  const int64_t worker = RegisterWorker("w1", &reg);
+  std::vector<v1::Lease> leases = Lease(worker);
+  ASSERT_EQ(leases.size(), 1u);
+  const int64_t trial = leases[0].trial_id();
+
+  v1::CompleteTrialRequest failed;
+  failed.set_trial_id(trial);
+  failed.set_attempt(1);
+  failed.set_outcome(v1::CompleteTrialRequest::FAILED);
+  failed.set_error("trainer crashed");
+  failed.set_exit_code(2);
+  ASSERT_TRUE(Complete(failed).ok());
+  v1::Trial t = GetTrial(trial);
+  EXPECT_EQ(t.state(), "pending");
+  EXPECT_EQ(t.attempt_errors_json(), R"(["attempt 1: trainer crashed"])");
+
+  // Handed back with a checkpoint and the best value so far: pending, and still one failure.
+  leases = Lease(worker);
+  ASSERT_EQ(leases.size(), 1u);
+  ASSERT_EQ(leases[0].attempt(), 2);
+  v1::CompleteTrialRequest released;
+  released.set_trial_id(trial);
+  released.set_attempt(2);
+  released.set_outcome(v1::CompleteTrialRequest::RELEASED);
+  released.set_error("worker shutting down");
+  released.set_checkpoint("/runs/svc/1/attempt-2/checkpoints/0000000010");
+  released.set_last_step(12);
+  ASSERT_TRUE(Complete(released).ok());
+  t = GetTrial(trial);
+  EXPECT_EQ(t.state(), "pending");
+  EXPECT_EQ(t.checkpoint(), "/runs/svc/1/attempt-2/checkpoints/0000000010");
+  EXPECT_EQ(t.attempt_errors_json(), R"(["attempt 1: trainer crashed"])");
+
+  leases = Lease(worker);
+  ASSERT_EQ(leases.size(), 1u);
+  EXPECT_EQ(leases[0].attempt(), 3);
+  EXPECT_EQ(leases[0].resume_checkpoint(), "/runs/svc/1/attempt-2/checkpoints/0000000010");
+  v1::CompleteTrialRequest done;
+  done.set_trial_id(trial);
+  done.set_attempt(3);
+  done.set_outcome(v1::CompleteTrialRequest::COMPLETED);
+  done.set_last_step(20);
+  done.set_has_final_metric(true);
+  done.set_final_metric(1.5);
+  done.set_has_best_metric(true);
+  done.set_best_metric(1.25);
+  ASSERT_TRUE(Complete(done).ok());
+  v1::ListTrialsRequest list;
+  list.set_sweep("svc");
+  list.set_state("completed");
+  v1::ListTrialsResponse trials;
+  ASSERT_TRUE(stub_->ListTrials(Ctx().get(), list, &trials).ok());
+  ASSERT_EQ(trials.trials_size(), 1);
+  EXPECT_TRUE(trials.trials(0).has_best_metric());
+  EXPECT_EQ(trials.trials(0).best_metric(), 1.25);
+  EXPECT_EQ(trials.trials(0).final_metric(), 1.5);
+  t = GetTrial(trial);
+  EXPECT_TRUE(t.has_best_metric());
+  EXPECT_EQ(t.best_metric(), 1.25);
+  EXPECT_FALSE(GetTrial(trial + 1).has_best_metric());
+
+  v1::CompleteTrialRequest unset = done;
+  unset.set_outcome(v1::CompleteTrialRequest::OUTCOME_UNSPECIFIED);
+  EXPECT_EQ(Complete(unset).error_code(), StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, ReRegisteringReturnsTheTrialsStillHeld) {
+  Submit();
+  v1::RegisterWorkerResponse first;
+  const int64_t worker = RegisterWorker("w1", &first);
+  std::vector<v1::Lease> leases = Lease(worker, 2);
+  ASSERT_EQ(leases.size(), 2u);
+  v1::TrialAttempt start;
+  start.set_trial_id(leases[0].trial_id());
+  start.set_attempt(1);
+  v1::Ack ack;
+  ASSERT_TRUE(stub_->StartTrial(Ctx().get(), start, &ack).ok());
+
+  clock_.Advance(10);
+  v1::RegisterWorkerResponse again;
+  ASSERT_EQ(RegisterWorker("w1", &again), worker);
+  ASSERT_EQ(again.held_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    v1::Lease expected = leases[i];
+    expected.set_expires_at(clock_.Now() + 30);  // renewed: a full lease to reconcile in
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(again.held(i), expected))
+        << again.held(i).DebugString() << "\nvs\n" << expected.DebugString();
+  }
+  v1::RegisterWorkerResponse stranger;
+  RegisterWorker("w2", &stranger);
+  EXPECT_EQ(stranger.held_size(), 0);
 }
 
 }  // namespace

@@ -66,6 +66,46 @@ TEST(StoreTest, CreatesAndMigratesTheSchema) {
   EXPECT_NE(newer.status().message().find("newer than this sweepd"), std::string::npos);
 }
 
+TEST(StoreTest, MigratesAVersion1FileToBestMetric) {
+  const std::string path = TempDb();
+  {
+    Submitted s = Submit(path);
+    // Turn the file back into what schema 1 left: no best_metric, the old trial_summary.
+    ASSERT_EQ(sqlite3_exec(s.store->db(), R"sql(
+      DROP VIEW trial_summary;
+      ALTER TABLE trials DROP COLUMN best_metric;
+      CREATE VIEW trial_summary AS
+      SELECT t.id AS trial_id, s.name AS sweep, t.trial_key, t.params, t.state, t.attempt,
+             t.last_step, t.final_metric, s.metric_name, s.metric_goal, t.diverged_step,
+             t.checkpoint_step, t.error, t.started_at, t.finished_at
+      FROM trials t JOIN sweeps s ON s.id = t.sweep_id;
+      UPDATE trials SET state = 'completed', final_metric = 2.5 WHERE id = 1;
+      PRAGMA user_version = 1;)sql",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(s.store->db());
+  }
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  ASSERT_OK(store);
+  sqlite3* db = (*store)->db();
+  EXPECT_EQ(*(*store)->SchemaVersion(), 2);
+  // Nothing lost; the new column is there, empty, and in trial_summary after final_metric.
+  EXPECT_EQ(QueryScalar(db, "SELECT COUNT(*) FROM trials"), "6");
+  EXPECT_EQ(QueryScalar(db, "SELECT final_metric FROM trial_summary WHERE trial_id = 1"), "2.5");
+  EXPECT_EQ(QueryScalar(db, "SELECT COUNT(*) FROM trials WHERE best_metric IS NOT NULL"), "0");
+  EXPECT_EQ(QueryScalar(db, "SELECT group_concat(name) FROM pragma_table_info('trial_summary') "
+                            "WHERE name LIKE '%_metric'"),
+            "final_metric,best_metric");
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE trials SET best_metric = 2.25 WHERE id = 1", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  EXPECT_EQ(QueryScalar(db, "SELECT best_metric FROM trial_summary WHERE trial_id = 1"), "2.25");
+  absl::StatusOr<TrialRow> trial = (*store)->GetTrial(1);
+  ASSERT_OK(trial);
+  EXPECT_EQ(trial->best_metric.value_or(0), 2.25);
+  EXPECT_EQ(trial->attempt_errors_json, "[]");
+  EXPECT_EQ(QueryScalar(db, "PRAGMA integrity_check"), "ok");
+}
+
 TEST(StoreTest, SubmittingTwiceAttachesAndNeverDuplicatesTrials) {
   const std::string path = TempDb();
   Submitted s = Submit(path);

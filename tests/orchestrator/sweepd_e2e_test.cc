@@ -116,9 +116,9 @@ TEST(SweepdE2eTest, SurvivesSigkillMidSweepWithoutLosingOrDuplicating) {
     req.set_cpu_slots(1);
     v1::RegisterWorkerResponse resp;
     EXPECT_TRUE(sweepd.stub()->RegisterWorker(Ctx().get(), req, &resp).ok());
-    return resp.worker_id();
+    return resp;
   };
-  int64_t worker = register_worker();
+  int64_t worker = register_worker().worker_id();
   int completed = 0, kills = 0;
   while (completed < kTrials) {
     v1::LeaseTrialsRequest lease_req;
@@ -141,7 +141,14 @@ TEST(SweepdE2eTest, SurvivesSigkillMidSweepWithoutLosingOrDuplicating) {
       sweepd.Kill();
       ++kills;
       ASSERT_NO_FATAL_FAILURE(sweepd.Start());
-      EXPECT_EQ(register_worker(), worker);  // Re-attaches by name.
+      const v1::RegisterWorkerResponse again = register_worker();
+      EXPECT_EQ(again.worker_id(), worker);  // Re-attaches by name...
+      // ...and learns the trial it still holds, at the same attempt.
+      ASSERT_EQ(again.held_size(), 1);
+      EXPECT_EQ(again.held(0).trial_id(), lease.trial_id());
+      EXPECT_EQ(again.held(0).attempt(), lease.attempt());
+      EXPECT_EQ(again.held(0).params_json(), lease.params_json());
+      EXPECT_EQ(again.lease_ttl_seconds(), 10);
       // Re-send what may not have been committed, then carry on with the same attempt.
       ASSERT_TRUE(Stream(sweepd.stub(), lease, 1, kSteps / 2).ok());
     }
