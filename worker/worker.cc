@@ -4,143 +4,240 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 #include <chrono>
+#include <cmath>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "proto/sweep.grpc.pb.h"
+#include "worker/metrics_file.h"
+#include "worker/resources.h"
 #include "worker/trainer/exit_codes.h"
 
 namespace sweep::worker {
 namespace {
 namespace bp = boost::process;
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using Steady = std::chrono::steady_clock;
+
+double UnixNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+double SecondsSince(Steady::time_point since) {
+  return std::chrono::duration<double>(Steady::now() - since).count();
+}
 
 // In the child between fork and exec: its own process group (so a stop reaches everything it
-// starts) and death with the worker (no orphan trains unseen).
+// starts) and death with the worker (no orphan trains unseen). If the worker died before
+// prctl took effect, the child is already an orphan: it exits instead of training unseen.
+// The worker blocks SIGTERM and SIGINT (a thread sigwaits for them) and a signal mask
+// survives exec: unblock everything, or the trainer could never be stopped.
 struct ChildSetup : bp::extend::handler {
+  pid_t parent = getpid();
   template <typename Executor>
   void on_exec_setup(Executor&) const {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
   }
 };
 
-// One trial being run by a child process.
-struct Trial {
-  v1::Lease lease;
-  std::string dir;
-  bp::ipstream out;
-  std::unique_ptr<bp::child> child;
-  std::thread reader;
-
-  std::mutex mu;                              // Guards the fields below.
-  std::vector<v1::Metric> pending;            // Rows not yet stored by sweepd.
-  std::vector<std::pair<std::string, int64_t>> checkpoints;  // To report.
-  int64_t step = 0;
-  bool has_val = false;
-  double last_val = 0;
-  int64_t diverged_step = 0;
-  bool stop_sent = false;
-};
+// A live process's start time (field 22 of /proc/PID/stat), or -1 when it is gone or a zombie.
+// With the pid it identifies a process across pid reuse.
+int64_t ProcessStartTime(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return -1;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string state;
+  fields >> state;  // field 3
+  if (state == "Z" || state == "X") return -1;
+  std::string field;
+  for (int i = 4; i <= 22 && fields >> field; ++i) {
+  }
+  return field.empty() ? -1 : std::stoll(field);
+}
 
 std::string Tail(const std::string& path, size_t bytes) {
   std::ifstream in(path, std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return text.size() > bytes ? text.substr(text.size() - bytes) : text;
+  return text.size() > bytes ? "..." + text.substr(text.size() - bytes) : text;
 }
 
-// Reads the child's JSON lines until it closes stdout.
-void ReadMetrics(Trial* trial) {
-  const double now = std::chrono::duration<double>(
-                         std::chrono::system_clock::now().time_since_epoch()).count();
-  for (std::string line; std::getline(trial->out, line);) {
-    nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (record.is_discarded() || !record.is_object()) continue;  // e.g. a torn last line
-    const int64_t step = record.value("global_step", int64_t{0});
-    std::lock_guard<std::mutex> lock(trial->mu);
-    if (record.contains("event")) {
-      const std::string event = record["event"].get<std::string>();
-      if ((event == "checkpoint" || event == "preempted" || event == "completed") &&
-          record.contains("checkpoint") && record["checkpoint"].is_string() &&
-          !record["checkpoint"].get<std::string>().empty()) {
-        trial->checkpoints.emplace_back(record["checkpoint"].get<std::string>(), step);
-      }
-      if (event == "diverged") trial->diverged_step = step;
-      continue;
-    }
-    trial->step = std::max(trial->step, step);
-    for (const auto& [key, value] : record.items()) {
-      if (!value.is_number() || key == "global_step" || key == "acc_step") continue;
-      v1::Metric m;
-      m.set_name(key);
-      m.set_step(step);
-      m.set_value(value.get<double>());
-      m.set_time(now);
-      trial->pending.push_back(std::move(m));
-      if (key == "loss/val") {
-        trial->has_val = true;
-        trial->last_val = value.get<double>();
-      }
-    }
-  }
+bool Unreachable(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
 }
+
+// Why the worker stops a trial; decides the outcome it reports.
+enum class Stop {
+  kNone,
+  kRequested,  // sweepd asked (pause, cancel, early termination): STOPPED
+  kShutdown,   // the worker is shutting down: RELEASED
+  kRestart,    // found after a worker restart: RELEASED
+  kLeaseLost,  // sweepd gave the trial to another attempt: report nothing
+};
+
+// One metric row or one checkpoint, in the order the trial wrote them.
+struct Pending {
+  bool is_checkpoint = false;
+  v1::Metric metric;
+  std::string checkpoint;
+  int64_t step = 0;
+};
+
+struct Trial {
+  v1::Lease lease;
+  std::string dir;
+  bool builtin = true;
+  std::vector<int> gpus;
+  int cpu_slots = 0;
+
+  std::unique_ptr<bp::child> child;
+  pid_t pid = 0;
+  bool exited = false;  // The child was reaped (or never started).
+  int exit_code = 0;
+  int exit_signal = 0;
+  double spawned_at = 0;
+  double exited_at = 0;
+  std::string start_error;  // Set when the child could not be started.
+  nlohmann::json info;      // attempt.json
+
+  std::unique_ptr<MetricsFile> metrics;
+  bool drained = false;  // metrics.jsonl read to its end after the child exited.
+  std::deque<Pending> pending;
+  int64_t step = 0;
+  int64_t metric_step = -1;
+  std::optional<double> final_metric;
+  std::optional<double> best_metric;
+  std::string checkpoint;  // The last one sweepd stored.
+  int64_t diverged_step = 0;
+
+  Stop stop = Stop::kNone;
+  std::string stop_reason;
+  Steady::time_point stop_at;
+  bool killed = false;
+
+  bool live() const { return child != nullptr && !exited; }
+};
 
 class Worker {
  public:
-  explicit Worker(const WorkerOptions& options)
-      : options_(options),
-        stub_(v1::Orchestrator::NewStub(
-            grpc::CreateChannel(options.orchestrator, grpc::InsecureChannelCredentials()))) {}
+  explicit Worker(const WorkerOptions& options) : options_(options) {
+    options_.workdir = fs::absolute(options_.workdir).string();
+    grpc::ChannelArguments args;
+    // Reconnect quickly after sweepd restarts (gRPC's default backoff grows to minutes).
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    args.SetMaxReceiveMessageSize(64 << 20);
+    stub_ = v1::Orchestrator::NewStub(
+        grpc::CreateCustomChannel(options_.orchestrator, grpc::InsecureChannelCredentials(), args));
+  }
 
-  int Run(const std::atomic<bool>& stop) {
+  int Run(const std::atomic<bool>& stop, const std::atomic<bool>& hard_stop) {
     while (!stop.load() && !Register()) std::this_thread::sleep_for(std::chrono::seconds(1));
-    Clock::time_point last_flush = Clock::now(), last_heartbeat = Clock::now();
-    while (!stop.load()) {
-      const int free = options_.cpu_slots - static_cast<int>(trials_.size());
-      if (free > 0) Lease(free, trials_.empty() ? 1000 : 0);
-      if (Seconds(last_flush) >= options_.flush_seconds) {
-        Flush();
-        last_flush = Clock::now();
+    Steady::time_point last_flush = Steady::now(), last_heartbeat = Steady::now();
+    Steady::time_point last_lease = Steady::now() - std::chrono::hours(1);
+    bool shutting_down = false;
+    Steady::time_point shutdown_deadline;
+    while (true) {
+      if (hard_stop.load()) {
+        for (auto& t : trials_) Kill(*t, SIGKILL);
+        spdlog::warn("second signal: trials killed without a checkpoint");
+        return 130;
       }
-      if (Seconds(last_heartbeat) >= options_.heartbeat_seconds) {
+      if (stop.load() && !shutting_down) {
+        shutting_down = true;
+        shutdown_deadline = Steady::now() + std::chrono::milliseconds(static_cast<int64_t>(
+                                                (options_.stop_grace_seconds + 30) * 1000));
+        for (auto& t : trials_) RequestStop(*t, Stop::kShutdown, "worker shutting down");
+      }
+      bool finished_one = false;
+      for (auto& t : trials_) Supervise(*t);
+      if (SecondsSince(last_flush) >= options_.flush_seconds) {
+        for (auto& t : trials_) Flush(*t);
+        last_flush = Steady::now();
+      }
+      for (auto it = trials_.begin(); it != trials_.end();) {
+        if ((*it)->drained && Finish(**it)) {
+          it = trials_.erase(it);
+          finished_one = true;
+        } else {
+          ++it;
+        }
+      }
+      if (SecondsSince(last_heartbeat) >= options_.heartbeat_seconds) {
         Heartbeat();
-        last_heartbeat = Clock::now();
+        last_heartbeat = Steady::now();
       }
-      Reap();
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (shutting_down) {
+        if (trials_.empty()) return 0;
+        if (Steady::now() > shutdown_deadline) {
+          spdlog::error("shutdown: {} trial(s) could not be handed back in time; sweepd requeues "
+                        "them when their leases expire",
+                        trials_.size());
+          for (auto& t : trials_) Kill(*t, SIGKILL);
+          return 1;
+        }
+      } else if (FreeCpuSlots() > 0 || !FreeGpus().empty()) {
+        // Long-poll only when nothing runs (no child to watch meanwhile); otherwise poll at once
+        // after a trial ended (the slot's idle gap) and every second.
+        if (trials_.empty()) {
+          Lease(500);
+          last_lease = Steady::now();
+          continue;
+        }
+        if (finished_one || SecondsSince(last_lease) >= 1.0) {
+          Lease(0);
+          last_lease = Steady::now();
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    // Stop: the children checkpoint (SIGTERM) and exit; their leases requeue in sweepd.
-    for (auto& trial : trials_) Signal(*trial, SIGTERM);
-    for (auto& trial : trials_) {
-      trial->child->wait();
-      if (trial->reader.joinable()) trial->reader.join();
-    }
-    Flush();
-    for (auto& trial : trials_) ReportCheckpoints(*trial);
-    return 0;
   }
 
  private:
-  static double Seconds(Clock::time_point since) {
-    return std::chrono::duration<double>(Clock::now() - since).count();
-  }
-
   std::unique_ptr<grpc::ClientContext> Ctx(int timeout_ms = 10000) const {
     auto ctx = std::make_unique<grpc::ClientContext>();
     if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
     return ctx;
+  }
+
+  // While sweepd is unreachable, calls back off (0.25 s doubling to 5 s) instead of spinning.
+  bool Reachable() const { return Steady::now() >= retry_at_; }
+  void Failed(const grpc::Status& s, const char* what) {
+    if (!Unreachable(s)) {
+      spdlog::warn("{}: {}", what, s.error_message());
+      return;
+    }
+    if (backoff_ == 0) spdlog::warn("sweepd unreachable ({}: {}); training goes on", what, s.error_message());
+    backoff_ = std::min(std::max(backoff_ * 2, 0.25), 5.0);
+    retry_at_ = Steady::now() + std::chrono::milliseconds(static_cast<int64_t>(backoff_ * 1000));
+  }
+  void Succeeded() {
+    if (backoff_ != 0) spdlog::info("sweepd reachable again");
+    backoff_ = 0;
   }
 
   bool Register() {
@@ -149,7 +246,10 @@ class Worker {
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
     req.set_host(host);
+    req.set_gpus(static_cast<int>(options_.gpus.size()));
     req.set_cpu_slots(options_.cpu_slots);
+    (*req.mutable_labels())["workdir"] = options_.workdir;
+    if (!options_.gpus.empty()) (*req.mutable_labels())["gpu_indices"] = JoinGpus(options_.gpus);
     v1::RegisterWorkerResponse resp;
     grpc::Status s = stub_->RegisterWorker(Ctx().get(), req, &resp);
     if (!s.ok()) {
@@ -157,216 +257,587 @@ class Worker {
       return false;
     }
     worker_id_ = resp.worker_id();
-    spdlog::info("registered as {} (id {}), {} CPU slot(s)", options_.name, worker_id_, options_.cpu_slots);
+    spdlog::info("registered as {} (id {}): {} GPU(s) [{}], {} CPU slot(s), workdir {}",
+                 options_.name, worker_id_, options_.gpus.size(), JoinGpus(options_.gpus),
+                 options_.cpu_slots, options_.workdir);
+    for (const v1::Lease& held : resp.held()) Reconcile(held);
     return true;
   }
 
-  void Lease(int free, int wait_ms) {
+  std::string DirFor(const v1::Lease& lease) const {
+    return (fs::path(options_.workdir) / lease.sweep_name() / std::to_string(lease.trial_id()) /
+            ("attempt-" + std::to_string(lease.attempt())))
+        .string();
+  }
+
+  // A trial sweepd says this worker holds, found at registration. If it is one of ours (a
+  // re-registration), nothing to do. Otherwise the worker restarted: a child that survived is
+  // stopped (SIGTERM: it checkpoints), then the attempt's metrics.jsonl is replayed (rows and
+  // checkpoints) and the trial released, all through the normal path.
+  void Reconcile(const v1::Lease& lease) {
+    for (const auto& t : trials_) {
+      if (t->lease.trial_id() == lease.trial_id() && t->lease.attempt() == lease.attempt()) return;
+    }
+    auto t = std::make_unique<Trial>();
+    t->lease = lease;
+    t->dir = DirFor(lease);
+    t->builtin = lease.command().empty();
+    t->exited = true;
+    t->stop = Stop::kRestart;
+    t->stop_reason = "worker restarted";
+    std::ifstream in(t->dir + "/attempt.json");
+    nlohmann::json info = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (info.is_object() && info.contains("pid") && info.contains("pid_start_time")) {
+      const pid_t pid = info["pid"].get<pid_t>();
+      const int64_t start = info["pid_start_time"].get<int64_t>();
+      if (ProcessStartTime(pid) == start) {
+        spdlog::warn("trial {} attempt {}: its process {} survived the worker; stopping it",
+                     lease.trial_id(), lease.attempt(), pid);
+        ::kill(-pid, SIGTERM);
+        const Steady::time_point begin = Steady::now();
+        while (ProcessStartTime(pid) == start && SecondsSince(begin) < options_.stop_grace_seconds) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        if (ProcessStartTime(pid) == start) ::kill(-pid, SIGKILL);
+        t->stop_reason = "worker restarted; its surviving process was stopped";
+      }
+    }
+    t->metrics = std::make_unique<MetricsFile>(t->dir + "/metrics.jsonl");
+    spdlog::info("trial {} attempt {}: held from before a restart; delivering what {} holds and "
+                 "handing it back",
+                 lease.trial_id(), lease.attempt(), t->dir);
+    trials_.push_back(std::move(t));
+  }
+
+  int FreeCpuSlots() const {
+    int used = 0;
+    for (const auto& t : trials_) used += t->live() ? t->cpu_slots : 0;
+    return options_.cpu_slots - used;
+  }
+
+  std::vector<int> FreeGpus() const {
+    std::vector<int> free;
+    for (int gpu : options_.gpus) {
+      bool used = false;
+      for (const auto& t : trials_) {
+        if (t->live() && std::find(t->gpus.begin(), t->gpus.end(), gpu) != t->gpus.end()) used = true;
+      }
+      if (!used) free.push_back(gpu);
+    }
+    return free;
+  }
+
+  void Lease(int wait_ms) {
+    if (!Reachable()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(wait_ms, 200)));
+      return;
+    }
+    const int free_gpus = static_cast<int>(FreeGpus().size());
+    const int free_cpu = FreeCpuSlots();
     v1::LeaseTrialsRequest req;
     req.set_worker_id(worker_id_);
-    req.set_free_cpu_slots(free);
-    req.set_max_trials(free);
+    req.set_free_gpus(free_gpus);
+    req.set_free_cpu_slots(free_cpu);
+    req.set_max_trials(free_gpus + free_cpu);
     req.set_wait_ms(wait_ms);
     v1::LeaseTrialsResponse resp;
     grpc::Status s = stub_->LeaseTrials(Ctx(wait_ms + 10000).get(), req, &resp);
     if (!s.ok()) {
-      if (s.error_code() == grpc::StatusCode::NOT_FOUND) Register();  // sweepd lost us
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+        Register();  // sweepd lost us (a new database)
+      } else {
+        Failed(s, "lease");
+        if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));  // quarantined
+        }
+      }
       return;
     }
+    Succeeded();
     for (const v1::Lease& lease : resp.leases()) Start(lease);
   }
 
   void Start(const v1::Lease& lease) {
-    auto trial = std::make_unique<Trial>();
-    trial->lease = lease;
-    trial->dir = (fs::path(options_.workdir) / lease.sweep_name() / std::to_string(lease.trial_id()) /
-                  ("attempt-" + std::to_string(lease.attempt())))
-                     .string();
-    fs::create_directories(trial->dir);
-    const std::string config = trial->dir + "/config.yaml";
-    std::ofstream(config) << lease.config_yaml();
-    std::vector<std::string> args = {"--config", config, "--dump-dir", trial->dir, "--metrics", "-",
-                                     "threads=" + std::to_string(options_.threads_per_trial)};
-    if (!lease.resume_checkpoint().empty()) {
-      // The previous attempt's trainer may have pruned the reported checkpoint (checkpoint.keep)
-      // after writing newer ones that the worker died before reporting: resume from the newest
-      // complete checkpoint in that folder, which is never older than the reported one.
-      const fs::path reported(lease.resume_checkpoint());
-      const fs::path folder = reported.parent_path();
-      args.push_back("--resume");
-      args.push_back(fs::is_directory(folder) && folder.filename() == "checkpoints"
-                         ? folder.string()
-                         : reported.string());
+    auto t = std::make_unique<Trial>();
+    t->lease = lease;
+    t->dir = DirFor(lease);
+    t->builtin = lease.command().empty();
+    t->cpu_slots = lease.cpu_slots();
+    std::vector<int> free = FreeGpus();
+    if (static_cast<int>(free.size()) < lease.gpus()) {
+      t->start_error = absl::StrCat("worker has ", free.size(), " free GPU(s), lease needs ", lease.gpus());
+    } else {
+      t->gpus.assign(free.begin(), free.begin() + lease.gpus());
     }
+    std::error_code ec;
+    fs::create_directories(t->dir, ec);
+    if (ec && t->start_error.empty()) {
+      t->start_error = absl::StrCat("cannot create trial directory ", t->dir, ": ", ec.message());
+    }
+    if (t->start_error.empty()) Spawn(*t);
+    if (!t->start_error.empty()) {
+      spdlog::error("trial {} attempt {}: {}", lease.trial_id(), lease.attempt(), t->start_error);
+      t->exited = true;
+      t->drained = true;
+    } else {
+      v1::TrialAttempt start;
+      start.set_trial_id(lease.trial_id());
+      start.set_attempt(lease.attempt());
+      v1::Ack ack;
+      grpc::Status s = stub_->StartTrial(Ctx().get(), start, &ack);
+      if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        LeaseLost(*t, s.error_message());
+      } else if (!s.ok()) {
+        Failed(s, "start trial");  // It stays 'leased' in sweepd; heartbeats keep the lease.
+      }
+    }
+    trials_.push_back(std::move(t));
+  }
+
+  // The checkpoint to resume from, as this machine sees it. The previous attempt's trainer may
+  // have pruned the reported checkpoint (checkpoint.keep) after writing newer ones it did not
+  // live to report: its `checkpoints` folder resumes from the newest complete one, never older
+  // than the reported one. Without a shared filesystem the folder may not exist here: the
+  // trial then starts over (same seed, so the rows it re-sends are the stored ones).
+  std::string ResumeFrom(const v1::Lease& lease) const {
+    if (lease.resume_checkpoint().empty()) return "";
+    const fs::path reported(lease.resume_checkpoint());
+    const fs::path folder = reported.parent_path();
+    if (folder.filename() == "checkpoints" && fs::is_directory(folder)) return folder.string();
+    if (fs::exists(reported)) return reported.string();
+    spdlog::warn("trial {}: checkpoint {} is not visible on this worker (no shared filesystem?); "
+                 "starting from step 0",
+                 lease.trial_id(), reported.string());
+    return "";
+  }
+
+  void Spawn(Trial& t) {
+    const v1::Lease& lease = t.lease;
+    const std::string config = t.dir + "/config.yaml";
+    const std::string threads = std::to_string(options_.threads_per_trial);
+    const std::string resume = ResumeFrom(lease);
+    std::string program;
+    std::vector<std::string> args;
     try {
+      if (t.builtin) {
+        std::ofstream(config) << lease.config_yaml();
+        program = options_.sweep_train;
+        args = {"--config", config, "--dump-dir", t.dir, "threads=" + threads};
+        if (!t.gpus.empty()) args.push_back("device=cuda");
+        if (!resume.empty()) {
+          args.push_back("--resume");
+          args.push_back(resume);
+        }
+      } else {
+        // Lingua's layout, with dump_dir pointing at the trial directory.
+        YAML::Node node = YAML::Load(lease.config_yaml());
+        node["dump_dir"] = t.dir;
+        YAML::Emitter out;
+        out << node;
+        std::ofstream(config) << out.c_str() << "\n";
+        const std::map<std::string, std::string> vars = {
+            {"config", config},
+            {"trial_dir", t.dir},
+            {"params", lease.params_json().empty() ? "{}" : lease.params_json()},
+            {"gpus", JoinGpus(t.gpus)},
+            {"threads", threads},
+            {"resume", resume},
+            {"trial_id", std::to_string(lease.trial_id())},
+            {"attempt", std::to_string(lease.attempt())},
+            {"sweep", lease.sweep_name()},
+        };
+        absl::StatusOr<std::vector<std::string>> command =
+            ExpandCommand({lease.command().begin(), lease.command().end()}, vars);
+        if (!command.ok()) {
+          t.start_error = std::string(command.status().message());
+          return;
+        }
+        program = (*command)[0];
+        args.assign(command->begin() + 1, command->end());
+        if (program.find('/') == std::string::npos) {
+          const boost::filesystem::path found = bp::search_path(program);
+          if (found.empty()) {
+            t.start_error = absl::StrCat("trainer.command: ", program, ": not found on PATH");
+            return;
+          }
+          program = found.string();
+        }
+      }
       auto env = boost::this_process::environment();
-      env["CUDA_VISIBLE_DEVICES"] = "";
-      trial->child = std::make_unique<bp::child>(
-          options_.sweep_train, bp::args(args), bp::std_out > trial->out,
-          bp::std_err > (trial->dir + "/stderr.log"), bp::std_in < bp::null, env, ChildSetup{});
+      env["CUDA_VISIBLE_DEVICES"] = JoinGpus(t.gpus);  // Empty: a CPU trial sees no GPU.
+      env["OMP_NUM_THREADS"] = threads;
+      env["MKL_NUM_THREADS"] = threads;
+      env["SWEEP_TRIAL_ID"] = std::to_string(lease.trial_id());
+      env["SWEEP_ATTEMPT"] = std::to_string(lease.attempt());
+      env["SWEEP_TRIAL_DIR"] = t.dir;
+      t.child = std::make_unique<bp::child>(
+          program, bp::args(args), bp::std_out > (t.dir + "/stdout.log"),
+          bp::std_err > (t.dir + "/stderr.log"), bp::std_in < bp::null, bp::start_dir(t.dir), env,
+          ChildSetup{});
     } catch (const std::exception& e) {
-      spdlog::error("trial {}: cannot start {}: {}", lease.trial_id(), options_.sweep_train, e.what());
-      Complete(*trial, v1::CompleteTrialRequest::FAILED, std::string("cannot start trainer: ") + e.what());
+      t.start_error = absl::StrCat("cannot start ", program.empty() ? "the trainer" : program, ": ", e.what());
       return;
     }
-    v1::TrialAttempt start;
-    start.set_trial_id(lease.trial_id());
-    start.set_attempt(lease.attempt());
-    v1::Ack ack;
-    (void)stub_->StartTrial(Ctx().get(), start, &ack);
-    spdlog::info("trial {} attempt {} ({}) started in {}", lease.trial_id(), lease.attempt(),
-                 lease.trial_key(), trial->dir);
-    trial->reader = std::thread(ReadMetrics, trial.get());
-    trials_.push_back(std::move(trial));
+    t.pid = t.child->id();
+    t.spawned_at = UnixNow();
+    t.metrics = std::make_unique<MetricsFile>(t.dir + "/metrics.jsonl");
+    nlohmann::json argv = nlohmann::json::array({program});
+    for (const std::string& a : args) argv.push_back(a);
+    t.info = {{"trial_id", lease.trial_id()},
+                         {"attempt", lease.attempt()},
+                         {"sweep", lease.sweep_name()},
+                         {"worker", options_.name},
+                         {"pid", t.pid},
+                         {"pid_start_time", ProcessStartTime(t.pid)},
+                         {"gpus", t.gpus},
+                         {"argv", argv},
+                         {"spawned_at", t.spawned_at}};
+    WriteAttemptInfo(t);
+    spdlog::info("trial {} attempt {} ({}) started: pid {}{}, {}", lease.trial_id(),
+                 lease.attempt(), lease.trial_key(), t.pid,
+                 t.gpus.empty() ? "" : ", GPUs " + JoinGpus(t.gpus),
+                 resume.empty() ? "from scratch" : "resuming from " + resume);
   }
 
-  void Signal(Trial& trial, int sig) {
-    if (trial.child && trial.child->running()) ::kill(-trial.child->id(), sig);
+  // attempt.json: who ran the attempt and how it ended (read after a restart and by tools).
+  void WriteAttemptInfo(const Trial& t) {
+    if (t.info.is_null()) return;
+    const std::string tmp = t.dir + "/attempt.json.tmp";
+    std::ofstream(tmp) << t.info.dump(2) << "\n";
+    std::error_code ec;
+    fs::rename(tmp, t.dir + "/attempt.json", ec);
   }
 
-  // Sends every trial's pending rows; keeps them for a retry if sweepd is unreachable.
-  void Flush() {
-    for (auto& trial : trials_) {
-      std::vector<v1::Metric> rows;
-      {
-        std::lock_guard<std::mutex> lock(trial->mu);
-        rows.swap(trial->pending);
+  void Kill(Trial& t, int sig) {
+    if (t.live() && t.pid > 0) ::kill(-t.pid, sig);
+  }
+
+  void RequestStop(Trial& t, Stop why, const std::string& reason) {
+    if (t.stop == Stop::kLeaseLost || t.stop == Stop::kRestart) return;
+    if (t.stop != Stop::kNone && why != Stop::kLeaseLost) return;
+    t.stop = why;
+    t.stop_reason = reason;
+    t.stop_at = Steady::now();
+    if (t.live()) {
+      spdlog::info("trial {} attempt {}: stopping ({})", t.lease.trial_id(), t.lease.attempt(), reason);
+      Kill(t, SIGTERM);
+    }
+  }
+
+  void LeaseLost(Trial& t, const std::string& why) {
+    if (t.stop == Stop::kLeaseLost) return;
+    spdlog::warn("trial {} attempt {}: lease lost ({}); stopping it without reporting",
+                 t.lease.trial_id(), t.lease.attempt(), why);
+    RequestStop(t, Stop::kLeaseLost, why);
+    t.pending.clear();
+  }
+
+  // Reaps an exited child, escalates a stop past its grace period, reads new metric lines.
+  void Supervise(Trial& t) {
+    if (t.live()) {
+      std::error_code ec;
+      if (!t.child->running(ec)) {
+        const int status = t.child->native_exit_code();
+        t.exited = true;
+        t.exited_at = UnixNow();
+        if (WIFSIGNALED(status)) {
+          t.exit_signal = WTERMSIG(status);
+          t.exit_code = 128 + t.exit_signal;
+        } else {
+          t.exit_code = WEXITSTATUS(status);
+        }
+        if (!t.info.is_null()) {
+          t.info["exited_at"] = t.exited_at;
+          t.info["exit_code"] = t.exit_code;
+          if (t.exit_signal) t.info["exit_signal"] = t.exit_signal;
+          WriteAttemptInfo(t);
+        }
+      } else if (t.stop != Stop::kNone && !t.killed &&
+                 SecondsSince(t.stop_at) > options_.stop_grace_seconds) {
+        spdlog::warn("trial {}: no exit {} s after SIGTERM; SIGKILL", t.lease.trial_id(),
+                     options_.stop_grace_seconds);
+        Kill(t, SIGKILL);
+        t.killed = true;
       }
-      if (rows.empty()) continue;
+    }
+    if (!t.metrics) {
+      t.drained = t.exited;
+      return;
+    }
+    constexpr size_t kChunk = 4096;
+    while (t.pending.size() < options_.max_buffered_rows) {
+      const bool at_end = t.exited;
+      std::vector<std::string> lines = t.metrics->ReadLines(kChunk, at_end);
+      for (const std::string& line : lines) Parse(t, line);
+      if (lines.size() < kChunk) {
+        t.drained = at_end;
+        break;
+      }
+    }
+  }
+
+  void Parse(Trial& t, const std::string& line) {
+    std::optional<MetricsLine> parsed = ParseMetricsLine(line);
+    if (!parsed || t.stop == Stop::kLeaseLost) return;
+    if (!parsed->event.empty()) {
+      if (parsed->event == "resumed") Backfill(t, parsed->checkpoint, parsed->step);
+      const bool names_checkpoint = parsed->event == "checkpoint" ||
+                                    parsed->event == "preempted" || parsed->event == "completed";
+      if (names_checkpoint && !parsed->checkpoint.empty()) {
+        Pending p;
+        p.is_checkpoint = true;
+        p.checkpoint = fs::absolute(fs::path(t.dir) / parsed->checkpoint).lexically_normal().string();
+        p.step = parsed->step;
+        t.pending.push_back(std::move(p));
+      }
+      if (parsed->event == "diverged") t.diverged_step = parsed->step;
+      return;
+    }
+    t.step = std::max(t.step, parsed->step);
+    const std::string& metric = t.lease.metric_name().empty() ? "loss/val" : t.lease.metric_name();
+    const double now = UnixNow();
+    for (const MetricRow& row : parsed->rows) {
+      if (row.name == metric && row.step >= t.metric_step) {
+        t.metric_step = row.step;
+        t.final_metric = row.value;
+        // NaN never competes: a diverged value is not a best value.
+        if (std::isfinite(row.value) &&
+            (!t.best_metric || (t.lease.minimize() ? row.value < *t.best_metric : row.value > *t.best_metric))) {
+          t.best_metric = row.value;
+        }
+      }
+      Pending p;
+      p.metric.set_name(row.name);
+      p.metric.set_step(row.step);
+      p.metric.set_value(row.value);
+      p.metric.set_time(now);
+      t.pending.push_back(std::move(p));
+    }
+  }
+
+  // The trainer resumed at `step` from `checkpoint`, in an earlier attempt's folder. That
+  // checkpoint can be newer than the one sweepd recorded (the earlier worker died between
+  // writing it and reporting it), and the rows before it may never have been delivered: send
+  // the earlier attempt's rows up to `step` again under this attempt, so the stored trace has
+  // no hole. Rows already stored are ignored by the store's key.
+  void Backfill(Trial& t, const std::string& checkpoint, int64_t step) {
+    const fs::path folder = fs::path(checkpoint).parent_path();
+    if (folder.filename() != "checkpoints") return;
+    MetricsFile previous((folder.parent_path() / "metrics.jsonl").string());
+    const double now = UnixNow();
+    size_t rows = 0;
+    for (;;) {
+      std::vector<std::string> lines = previous.ReadLines(4096, /*at_end=*/true);
+      if (lines.empty()) break;
+      for (const std::string& line : lines) {
+        std::optional<MetricsLine> parsed = ParseMetricsLine(line);
+        if (!parsed || !parsed->event.empty() || parsed->step > step) continue;
+        for (const MetricRow& row : parsed->rows) {
+          Pending p;
+          p.metric.set_name(row.name);
+          p.metric.set_step(row.step);
+          p.metric.set_value(row.value);
+          p.metric.set_time(now);
+          t.pending.push_back(std::move(p));
+          ++rows;
+        }
+      }
+    }
+    spdlog::info("trial {} attempt {}: resumed at step {}; re-sending {} rows up to it from {}",
+                 t.lease.trial_id(), t.lease.attempt(), step, rows, previous.path());
+  }
+
+  // Delivers the trial's pending rows and checkpoints in order. Returns true when none is left.
+  bool Flush(Trial& t) {
+    constexpr size_t kBatchRows = 5000;
+    while (!t.pending.empty() && t.stop != Stop::kLeaseLost) {
+      if (!Reachable()) return false;
+      if (t.pending.front().is_checkpoint) {
+        const Pending& p = t.pending.front();
+        v1::ReportCheckpointRequest req;
+        req.set_trial_id(t.lease.trial_id());
+        req.set_attempt(t.lease.attempt());
+        req.set_path(p.checkpoint);
+        req.set_step(p.step);
+        v1::Ack ack;
+        grpc::Status s = stub_->ReportCheckpoint(Ctx().get(), req, &ack);
+        if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+          LeaseLost(t, s.error_message());
+          break;
+        }
+        if (!s.ok()) {
+          Failed(s, "report checkpoint");
+          return false;
+        }
+        Succeeded();
+        t.checkpoint = p.checkpoint;
+        t.pending.pop_front();
+        continue;
+      }
+      v1::MetricsBatch batch;
+      batch.set_trial_id(t.lease.trial_id());
+      batch.set_attempt(t.lease.attempt());
+      size_t n = 0;
+      while (n < t.pending.size() && n < kBatchRows && !t.pending[n].is_checkpoint) {
+        *batch.add_metrics() = t.pending[n].metric;
+        ++n;
+      }
       v1::StreamMetricsResponse resp;
       auto ctx = Ctx();
       auto writer = stub_->StreamMetrics(ctx.get(), &resp);
-      v1::MetricsBatch batch;
-      batch.set_trial_id(trial->lease.trial_id());
-      batch.set_attempt(trial->lease.attempt());
-      for (const v1::Metric& m : rows) *batch.add_metrics() = m;
       writer->Write(batch);
       writer->WritesDone();
       grpc::Status s = writer->Finish();
       if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
-        spdlog::warn("trial {}: lease lost ({}); stopping it", trial->lease.trial_id(), s.error_message());
-        Signal(*trial, SIGTERM);
-      } else if (!s.ok()) {
-        std::lock_guard<std::mutex> lock(trial->mu);  // Retry with the next flush.
-        trial->pending.insert(trial->pending.begin(), rows.begin(), rows.end());
+        LeaseLost(t, s.error_message());
+        break;
       }
-      ReportCheckpoints(*trial);
+      if (!s.ok()) {
+        Failed(s, "stream metrics");
+        return false;  // Kept; retried with the next flush.
+      }
+      Succeeded();
+      t.pending.erase(t.pending.begin(), t.pending.begin() + static_cast<std::ptrdiff_t>(n));
     }
+    return t.pending.empty();
   }
 
-  void ReportCheckpoints(Trial& trial) {
-    std::vector<std::pair<std::string, int64_t>> checkpoints;
-    {
-      std::lock_guard<std::mutex> lock(trial.mu);
-      checkpoints.swap(trial.checkpoints);
+  // The child exited and its metrics were read: deliver them, then the outcome. Returns true
+  // when the trial is done with (reported, refused by the fence, or its lease was lost).
+  bool Finish(Trial& t) {
+    if (t.stop == Stop::kLeaseLost) return true;
+    if (!Flush(t)) return false;
+    if (t.stop == Stop::kLeaseLost) return true;
+    // A rate-limited reader may have stopped short of the end: read the rest first.
+    if (t.metrics) {
+      t.drained = false;
+      Supervise(t);
+      if (!t.pending.empty() || !t.drained) return false;
     }
-    for (const auto& [path, step] : checkpoints) {
-      v1::ReportCheckpointRequest req;
-      req.set_trial_id(trial.lease.trial_id());
-      req.set_attempt(trial.lease.attempt());
-      req.set_path(fs::absolute(path).string());
-      req.set_step(step);
-      v1::Ack ack;
-      grpc::Status s = stub_->ReportCheckpoint(Ctx().get(), req, &ack);
-      if (!s.ok() && s.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
-        std::lock_guard<std::mutex> lock(trial.mu);
-        trial.checkpoints.emplace_back(path, step);
-      }
+    if (!Reachable()) return false;
+    v1::CompleteTrialRequest req;
+    req.set_trial_id(t.lease.trial_id());
+    req.set_attempt(t.lease.attempt());
+    std::string error;
+    req.set_outcome(Outcome(t, &error));
+    req.set_error(error);
+    req.set_last_step(t.step);
+    if (t.final_metric && std::isfinite(*t.final_metric)) {
+      req.set_has_final_metric(true);
+      req.set_final_metric(*t.final_metric);
     }
+    if (t.best_metric) {
+      req.set_has_best_metric(true);
+      req.set_best_metric(*t.best_metric);
+    }
+    req.set_diverged_step(t.diverged_step);
+    req.set_checkpoint(t.checkpoint);
+    req.set_exit_code(t.exit_code);
+    v1::Ack ack;
+    grpc::Status s = stub_->CompleteTrial(Ctx().get(), req, &ack);
+    if (!s.ok() && s.error_code() != grpc::StatusCode::FAILED_PRECONDITION &&
+        s.error_code() != grpc::StatusCode::NOT_FOUND) {
+      Failed(s, "complete trial");
+      return false;
+    }
+    if (s.ok()) Succeeded();
+    spdlog::info("trial {} attempt {}: {} (exit {}, step {}{}){}", t.lease.trial_id(),
+                 t.lease.attempt(), v1::CompleteTrialRequest::Outcome_Name(req.outcome()),
+                 t.exit_code, t.step,
+                 req.has_final_metric() ? absl::StrCat(", ", MetricName(t), " ", req.final_metric()) : "",
+                 s.ok() ? "" : " [not recorded: " + s.error_message() + "]");
+    if (!t.info.is_null()) {
+      t.info["outcome"] = v1::CompleteTrialRequest::Outcome_Name(req.outcome());
+      WriteAttemptInfo(t);
+    }
+    return true;
+  }
+
+  static std::string MetricName(const Trial& t) {
+    return t.lease.metric_name().empty() ? "loss/val" : t.lease.metric_name();
+  }
+
+  v1::CompleteTrialRequest::Outcome Outcome(const Trial& t, std::string* error) const {
+    using O = v1::CompleteTrialRequest;
+    if (!t.start_error.empty()) {
+      *error = t.start_error;
+      return O::FAILED;
+    }
+    if (t.stop == Stop::kRestart) {
+      *error = t.stop_reason;
+      return O::RELEASED;
+    }
+    if (t.exit_code == trainer::kExitCompleted && t.exit_signal == 0 &&
+        (t.builtin || t.stop == Stop::kNone)) {
+      return O::COMPLETED;
+    }
+    if (t.builtin && t.exit_code == trainer::kExitDiverged) return O::DIVERGED;
+    if (t.stop == Stop::kShutdown) {
+      *error = t.stop_reason;
+      return O::RELEASED;
+    }
+    if (t.stop == Stop::kRequested) {
+      *error = t.stop_reason;
+      return O::STOPPED;
+    }
+    if (t.builtin && t.exit_code == trainer::kExitPreempted) {
+      *error = "sweep-train was preempted (a stop signal from outside the worker)";
+      return O::RELEASED;
+    }
+    *error = (t.exit_signal ? absl::StrCat("killed by signal ", t.exit_signal)
+                            : absl::StrCat("exited with status ", t.exit_code)) +
+             "; stderr: " + Tail(t.dir + "/stderr.log", 2000);
+    return O::FAILED;
   }
 
   void Heartbeat() {
+    if (!Reachable()) return;
     v1::HeartbeatRequest req;
     req.set_worker_id(worker_id_);
-    for (auto& trial : trials_) {
+    for (const auto& t : trials_) {
+      if (t->stop == Stop::kLeaseLost) continue;
       auto* p = req.add_trials();
-      p->set_trial_id(trial->lease.trial_id());
-      p->set_attempt(trial->lease.attempt());
-      std::lock_guard<std::mutex> lock(trial->mu);
-      p->set_step(trial->step);
+      p->set_trial_id(t->lease.trial_id());
+      p->set_attempt(t->lease.attempt());
+      p->set_step(t->step);
     }
     v1::HeartbeatResponse resp;
     grpc::Status s = stub_->Heartbeat(Ctx().get(), req, &resp);
     if (!s.ok()) {
-      if (s.error_code() == grpc::StatusCode::NOT_FOUND) Register();
-      return;  // Training goes on while sweepd is away.
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+        Register();
+      } else {
+        Failed(s, "heartbeat");
+      }
+      return;
     }
+    Succeeded();
     for (const auto& stop : resp.stop()) {
-      for (auto& trial : trials_) {
-        if (trial->lease.trial_id() == stop.trial_id() && !trial->stop_sent) {
-          spdlog::info("trial {}: stopping ({})", stop.trial_id(), stop.reason());
-          trial->stop_sent = true;
-          Signal(*trial, SIGTERM);
+      for (auto& t : trials_) {
+        if (t->lease.trial_id() != stop.trial_id() || t->lease.attempt() != stop.attempt()) continue;
+        if (stop.reason().rfind("lease lost", 0) == 0 || stop.reason() == "unknown trial") {
+          LeaseLost(*t, stop.reason());
+        } else {
+          RequestStop(*t, Stop::kRequested, stop.reason());
         }
       }
     }
   }
 
-  void Complete(Trial& trial, v1::CompleteTrialRequest::Outcome outcome, const std::string& error) {
-    v1::CompleteTrialRequest req;
-    req.set_trial_id(trial.lease.trial_id());
-    req.set_attempt(trial.lease.attempt());
-    req.set_outcome(outcome);
-    {
-      std::lock_guard<std::mutex> lock(trial.mu);
-      req.set_last_step(trial.step);
-      if (trial.has_val) {
-        req.set_has_final_metric(true);
-        req.set_final_metric(trial.last_val);
-      }
-      req.set_diverged_step(trial.diverged_step);
-    }
-    req.set_error(error);
-    v1::Ack ack;
-    for (int attempt = 0; attempt < 30; ++attempt) {  // sweepd may be restarting
-      grpc::Status s = stub_->CompleteTrial(Ctx().get(), req, &ack);
-      if (s.ok() || s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) break;
-      std::this_thread::sleep_for(std::chrono::seconds(1));
-    }
-  }
-
-  // Finishes the trials whose child exited.
-  void Reap() {
-    for (auto it = trials_.begin(); it != trials_.end();) {
-      Trial& trial = **it;
-      if (trial.child->running()) {
-        ++it;
-        continue;
-      }
-      trial.child->wait();
-      if (trial.reader.joinable()) trial.reader.join();
-      Flush();  // The last rows before the outcome.
-      ReportCheckpoints(trial);
-      const int code = trial.child->exit_code();
-      v1::CompleteTrialRequest::Outcome outcome = v1::CompleteTrialRequest::FAILED;
-      std::string error;
-      if (code == trainer::kExitCompleted) {
-        outcome = v1::CompleteTrialRequest::COMPLETED;
-      } else if (code == trainer::kExitDiverged) {
-        outcome = v1::CompleteTrialRequest::DIVERGED;
-      } else if (code == trainer::kExitPreempted) {
-        outcome = v1::CompleteTrialRequest::STOPPED;
-      } else {
-        error = "sweep-train exited with " + std::to_string(code) + ": " +
-                Tail(trial.dir + "/stderr.log", 2000);
-      }
-      spdlog::info("trial {} attempt {}: exit {}", trial.lease.trial_id(), trial.lease.attempt(), code);
-      Complete(trial, outcome, error);
-      it = trials_.erase(it);
-    }
-  }
-
-  const WorkerOptions options_;
+  WorkerOptions options_;
   std::unique_ptr<v1::Orchestrator::Stub> stub_;
   int64_t worker_id_ = 0;
   std::vector<std::unique_ptr<Trial>> trials_;
+  Steady::time_point retry_at_;
+  double backoff_ = 0;
 };
 
 }  // namespace
 
-int RunWorker(const WorkerOptions& options, const std::atomic<bool>& stop) {
+int RunWorker(const WorkerOptions& options, const std::atomic<bool>& stop,
+              const std::atomic<bool>& hard_stop) {
   Worker worker(options);
-  return worker.Run(stop);
+  return worker.Run(stop, hard_stop);
 }
 
 }  // namespace sweep::worker

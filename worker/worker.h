@@ -1,25 +1,38 @@
-// sweep-worker: leases trials from sweepd and runs each as its own sweep-train process.
+// sweep-worker: leases trials from sweepd and runs each as its own child process.
 //
-// First cut of issue #4 (builtin trials on CPU slots):
-//   * registers its CPU slots under --name (re-attaches by name after a restart);
-//   * leases as many trials as it has free slots; each runs in
-//     <workdir>/<sweep>/<trial>/attempt-<n>/ as `sweep-train --config config.yaml --dump-dir .
-//     --metrics - threads=N [--resume <folder of the checkpoint sweepd named>]` (the newest
-//     complete checkpoint there, never older than the reported one), in its own process group,
-//     killed if the worker dies (PR_SET_PDEATHSIG);
-//   * parses the JSON lines of the child's stdout: metric rows are streamed to sweepd every
-//     flush interval (kept and retried while sweepd is unreachable), checkpoint events are
-//     reported so a requeued attempt resumes from them;
-//   * heartbeats renew its leases; a stop in the reply sends the child SIGTERM (it
-//     checkpoints and exits 4);
-//   * the child's exit code becomes the trial's outcome (0 completed with the last loss/val as
-//     final metric, 3 diverged, 4 stopped, anything else failed with the stderr tail).
-// Not yet: command trials, GPUs, spool files, adoption of children after a worker restart.
+// Lifecycle of a trial on a worker
+//   1. LeaseTrials gives it (trial, attempt) with the resolved config, the command (empty: the
+//      builtin sweep-train) and the checkpoint to resume from. The worker gives it free slots
+//      (GPU indices as CUDA_VISIBLE_DEVICES, or a CPU slot) and the directory
+//      <workdir>/<sweep>/<trial>/attempt-<n>/ holding config.yaml, stdout.log, stderr.log,
+//      metrics.jsonl, checkpoints/ and attempt.json (pid, times, exit status).
+//   2. The child runs through Boost.Process in its own process group (a stop reaches all it
+//      starts) and dies with the worker (PR_SET_PDEATHSIG): no orphan trains unseen.
+//      Builtin: `sweep-train --config config.yaml --dump-dir DIR threads=N [device=cuda]
+//      [--resume <checkpoint folder>]`. Command: the spec's template with ${config},
+//      ${trial_dir}, ${params}, ${gpus}, ${threads}, ${resume}, ${trial_id}, ${attempt},
+//      ${sweep} substituted.
+//   3. The worker tails metrics.jsonl (see metrics_file.h) and streams rows to sweepd every
+//      flush interval; a checkpoint is reported only after every row before it is stored, so a
+//      resumed attempt never leaves a hole. While sweepd is unreachable training goes on and
+//      rows wait (in memory up to a budget, then in the file itself), retried with backoff.
+//   4. Heartbeats renew the leases and carry each trial's step; a stop in the reply sends the
+//      group SIGTERM (the trainer checkpoints and exits), then SIGKILL after the grace period.
+//   5. The exit becomes the outcome: completed, diverged (sweep-train's exit 3), stopped (on
+//      sweepd's request), released (the worker handed it back), or failed with the tail of
+//      stderr; with the final and best value of the spec's metric and the last checkpoint.
+//
+// Shutdown (SIGTERM): every trial is stopped with a checkpoint and released, so sweepd requeues
+// it at once and a drained node loses only the steps since the last checkpoint. A worker
+// restarted under the same name reconciles the trials sweepd says it still holds: it stops a
+// child that survived (from attempt.json), delivers the rows and the checkpoint that attempt
+// left in its metrics.jsonl, and releases the trial.
 #ifndef SWEEP_WORKER_WORKER_H_
 #define SWEEP_WORKER_WORKER_H_
 
 #include <atomic>
 #include <string>
+#include <vector>
 
 namespace sweep::worker {
 
@@ -29,15 +42,19 @@ struct WorkerOptions {
   std::string name;
   std::string workdir = "sweep-work";
   std::string sweep_train;  // Path of the sweep-train binary.
+  std::vector<int> gpus;    // Device indices this worker hands out.
   int cpu_slots = 1;
   int threads_per_trial = 1;
   double heartbeat_seconds = 5;
   double flush_seconds = 0.5;
+  double stop_grace_seconds = 30;  // SIGTERM -> SIGKILL.
+  size_t max_buffered_rows = 200000;  // Past this, rows wait in the trial's metrics.jsonl.
 };
 
-// Runs until `stop` becomes true; then stops its trials (SIGTERM: they checkpoint) and
-// returns. Returns a process exit code (0 on a clean stop).
-int RunWorker(const WorkerOptions& options, const std::atomic<bool>& stop);
+// Runs until `stop` becomes true, then stops its trials with a checkpoint, hands them back and
+// returns 0. `hard_stop` (a second signal) kills the trials at once.
+int RunWorker(const WorkerOptions& options, const std::atomic<bool>& stop,
+              const std::atomic<bool>& hard_stop);
 
 }  // namespace sweep::worker
 

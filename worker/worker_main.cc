@@ -1,7 +1,7 @@
 // sweep-worker: runs the trials sweepd hands out, each as its own sweep-train process.
 //
-//   sweep-worker --orchestrator HOST:PORT [--name NAME] [--workdir DIR] [--cpu-slots N]
-//                [--threads-per-trial N] [--token-file F] [--sweep-train PATH]
+//   sweep-worker --orchestrator HOST:PORT [--name NAME] [--workdir DIR] [--gpus LIST|auto|none]
+//                [--cpu-slots N] [--threads-per-trial N] [--token-file F] [--sweep-train PATH]
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "worker/resources.h"
 #include "worker/worker.h"
 
 int main(int argc, char** argv) {
@@ -32,26 +33,40 @@ int main(int argc, char** argv) {
   options.sweep_train =
       (std::filesystem::canonical("/proc/self/exe").parent_path() / "sweep-train").string();
   std::string token_file;
+  std::string gpus = "auto";
+  int cpu_slots = -1;
   CLI::App app{
-      "sweep-worker: leases trials from sweepd and runs each as its own sweep-train process,\n"
-      "streaming its metrics and checkpoints back. SIGTERM stops the trials with a checkpoint.\n\n"
-      "Example:\n"
-      "  sweep-worker --orchestrator 127.0.0.1:7070 --cpu-slots 2 --threads-per-trial 1",
+      "sweep-worker: leases trials from sweepd and runs each as its own process (sweep-train, or\n"
+      "the spec's command), streaming its metrics and checkpoints back. SIGTERM stops the trials\n"
+      "with a checkpoint and hands them back to sweepd; a second SIGTERM kills them.\n\n"
+      "Examples:\n"
+      "  sweep-worker --orchestrator 127.0.0.1:7070 --cpu-slots 2 --threads-per-trial 1\n"
+      "  sweep-worker --orchestrator head:7070 --token-file ~/.sweep/token --gpus auto\n\n"
+      "Exit codes: 0 clean stop, 1 trials could not be handed back in time, 2 usage,\n"
+      "130 killed by a second signal.",
       "sweep-worker"};
   app.add_option("--orchestrator", options.orchestrator, "sweepd address")->capture_default_str();
   app.add_option("--name", options.name, "Worker name; a restarted worker re-attaches by it")
       ->capture_default_str();
   app.add_option("--workdir", options.workdir, "Trial folders go here")->capture_default_str();
-  app.add_option("--cpu-slots", options.cpu_slots, "Trials run at once")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  app.add_option("--gpus", gpus,
+                 "GPUs to hand out: auto (those nvidia-smi lists), none, or indices like 0,1,3")
+      ->capture_default_str();
+  app.add_option("--cpu-slots", cpu_slots,
+                 "CPU trials run at once (default: 1 without GPUs, 0 with GPUs)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--threads-per-trial", options.threads_per_trial, "Intra-op threads per trial")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--token-file", token_file, "Token for sweepd (authorization: Bearer)");
   app.add_option("--sweep-train", options.sweep_train, "Trainer binary")->capture_default_str();
   app.add_option("--heartbeat", options.heartbeat_seconds, "Seconds between heartbeats")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--stop-grace", options.stop_grace_seconds,
+                 "Seconds a stopped trial gets to checkpoint and exit before SIGKILL")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   if (!token_file.empty()) {
     std::ifstream in(token_file);
@@ -66,18 +81,40 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (gpus == "auto") {
+    options.gpus = sweep::worker::DetectGpus();
+  } else {
+    absl::StatusOr<std::vector<int>> list = sweep::worker::ParseGpuList(gpus);
+    if (!list.ok()) {
+      spdlog::error("{}", std::string(list.status().message()));
+      return 2;
+    }
+    options.gpus = *list;
+  }
+  options.cpu_slots = cpu_slots >= 0 ? cpu_slots : (options.gpus.empty() ? 1 : 0);
+  if (options.cpu_slots == 0 && options.gpus.empty()) {
+    spdlog::error("--cpu-slots 0 and no GPUs: this worker could run nothing");
+    return 2;
+  }
   if (!std::filesystem::exists(options.sweep_train)) {
     spdlog::error("{}: no such trainer (set --sweep-train)", options.sweep_train);
     return 2;
   }
 
-  std::atomic<bool> stop{false};
-  std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    spdlog::info("signal {}: stopping trials with a checkpoint", sig);
-    stop.store(true);
+  static std::atomic<bool> stop{false}, hard_stop{false};
+  std::thread waiter([signals] {
+    for (int count = 0;; ++count) {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      if (count == 0) {
+        spdlog::info("signal {}: stopping trials with a checkpoint and handing them back "
+                     "(again to kill them at once)", sig);
+        stop.store(true);
+      } else {
+        hard_stop.store(true);
+      }
+    }
   });
   waiter.detach();
-  return sweep::worker::RunWorker(options, stop);
+  return sweep::worker::RunWorker(options, stop, hard_stop);
 }

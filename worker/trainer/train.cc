@@ -1,6 +1,7 @@
 #include "worker/trainer/train.h"
 
 #include <ATen/autocast_mode.h>
+#include <dlfcn.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -167,6 +168,15 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
   const int threads =
       config.threads > 0 ? config.threads : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(std::max(1, threads));
+  // OpenBLAS keeps its own thread pool, sized from OMP_NUM_THREADS/OPENBLAS_NUM_THREADS or the
+  // core count, and a GEMM split over another number of threads sums in another order. Size it
+  // from `threads` too, so a run's numbers depend on its config alone, not on the environment
+  // it was started in (a worker's trial and a hand-run of the same config agree to the bit).
+  using SetBlasThreads = void (*)(int);
+  if (auto set_blas_threads =
+          reinterpret_cast<SetBlasThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    set_blas_threads(std::max(1, threads));
+  }
 
   std::error_code ec;
   fs::create_directories(config.dump_dir, ec);

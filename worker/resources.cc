@@ -1,0 +1,94 @@
+#include "worker/resources.h"
+
+#include <boost/process.hpp>
+#include <set>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace sweep::worker {
+namespace bp = boost::process;
+
+absl::StatusOr<std::vector<std::string>> ExpandCommand(
+    const std::vector<std::string>& command_template,
+    const std::map<std::string, std::string>& vars) {
+  std::vector<std::string> out;
+  for (const std::string& arg : command_template) {
+    std::string expanded;
+    for (size_t i = 0; i < arg.size(); ++i) {
+      if (arg[i] != '$') {
+        expanded += arg[i];
+      } else if (i + 1 < arg.size() && arg[i + 1] == '$') {
+        expanded += '$';
+        ++i;
+      } else if (i + 1 < arg.size() && arg[i + 1] == '{') {
+        const size_t close = arg.find('}', i + 2);
+        if (close == std::string::npos) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("trainer.command: unterminated \"${\" in \"", arg, "\""));
+        }
+        const std::string name = arg.substr(i + 2, close - i - 2);
+        auto it = vars.find(name);
+        if (it == vars.end()) {
+          std::vector<std::string> known;
+          for (const auto& [k, v] : vars) known.push_back("${" + k + "}");
+          return absl::InvalidArgumentError(absl::StrCat("trainer.command: unknown variable ${",
+                                                         name, "} in \"", arg, "\" (known: ",
+                                                         absl::StrJoin(known, " "), ")"));
+        }
+        expanded += it->second;
+        i = close;
+      } else {
+        expanded += '$';  // A lone "$" (e.g. a shell's "$1") is kept.
+      }
+    }
+    out.push_back(std::move(expanded));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<int>> ParseGpuList(const std::string& list) {
+  std::vector<int> gpus;
+  const absl::string_view trimmed = absl::StripAsciiWhitespace(list);
+  if (trimmed.empty() || trimmed == "none") return gpus;
+  std::set<int> seen;
+  for (absl::string_view item : absl::StrSplit(trimmed, ',')) {
+    int index = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(item), &index) || index < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--gpus: \"", item, "\" is not a GPU index (expected e.g. 0,1,3)"));
+    }
+    if (!seen.insert(index).second) {
+      return absl::InvalidArgumentError(absl::StrCat("--gpus: GPU ", index, " is listed twice"));
+    }
+    gpus.push_back(index);
+  }
+  return gpus;
+}
+
+std::vector<int> DetectGpus() {
+  const boost::filesystem::path nvidia_smi = bp::search_path("nvidia-smi");
+  if (nvidia_smi.empty()) return {};
+  std::vector<int> gpus;
+  try {
+    bp::ipstream out;
+    bp::child child(nvidia_smi, "--query-gpu=index", "--format=csv,noheader", bp::std_out > out,
+                    bp::std_err > bp::null, bp::std_in < bp::null);
+    for (std::string line; std::getline(out, line);) {
+      int index = 0;
+      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &index)) gpus.push_back(index);
+    }
+    child.wait();
+    if (child.exit_code() != 0) return {};
+  } catch (const std::exception&) {
+    return {};
+  }
+  return gpus;
+}
+
+std::string JoinGpus(const std::vector<int>& gpus) { return absl::StrJoin(gpus, ","); }
+
+}  // namespace sweep::worker

@@ -1,0 +1,33 @@
+// What a trial's process is given: its command line and its devices.
+#ifndef SWEEP_WORKER_RESOURCES_H_
+#define SWEEP_WORKER_RESOURCES_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sweep::worker {
+
+// Substitutes ${name} in each argument of a command template (the spec's `trainer.command`):
+// config, trial_dir, params, gpus, threads, resume, trial_id, attempt, sweep. "$$" is a literal
+// "$". An unknown ${name} or an unterminated "${" is an error that names it, so a typo fails
+// the trial with a clear reason instead of running a command with a hole in it.
+absl::StatusOr<std::vector<std::string>> ExpandCommand(
+    const std::vector<std::string>& command_template,
+    const std::map<std::string, std::string>& vars);
+
+// "0,1,3" -> {0, 1, 3}; "" or "none" -> {}. Errors name the bad entry.
+absl::StatusOr<std::vector<int>> ParseGpuList(const std::string& list);
+
+// The GPU indices `nvidia-smi --query-gpu=index --format=csv,noheader` lists, or {} when
+// nvidia-smi is missing or fails (a CPU machine).
+std::vector<int> DetectGpus();
+
+// "0,1" for {0, 1}: the value of CUDA_VISIBLE_DEVICES and ${gpus}.
+std::string JoinGpus(const std::vector<int>& gpus);
+
+}  // namespace sweep::worker
+
+#endif  // SWEEP_WORKER_RESOURCES_H_
