@@ -3,7 +3,6 @@
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -24,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/sweep.grpc.pb.h"
+#include "worker/child_process.h"
 #include "worker/metrics_file.h"
 #include "worker/resources.h"
 #include "worker/trainer/exit_codes.h"
@@ -41,24 +41,6 @@ double UnixNow() {
 double SecondsSince(Steady::time_point since) {
   return std::chrono::duration<double>(Steady::now() - since).count();
 }
-
-// In the child between fork and exec: its own process group (so a stop reaches everything it
-// starts) and death with the worker (no orphan trains unseen). If the worker died before
-// prctl took effect, the child is already an orphan: it exits instead of training unseen.
-// The worker blocks SIGTERM and SIGINT (a thread sigwaits for them) and a signal mask
-// survives exec: unblock everything, or the trainer could never be stopped.
-struct ChildSetup : bp::extend::handler {
-  pid_t parent = getpid();
-  template <typename Executor>
-  void on_exec_setup(Executor&) const {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-  }
-};
 
 // A live process's start time (field 22 of /proc/PID/stat), or -1 when it is gone or a zombie.
 // With the pid it identifies a process across pid reuse.
@@ -151,7 +133,7 @@ class Worker {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
     args.SetMaxReceiveMessageSize(64 << 20);
     stub_ = v1::Orchestrator::NewStub(
-        grpc::CreateCustomChannel(options_.orchestrator, grpc::InsecureChannelCredentials(), args));
+        grpc::CreateCustomChannel(options_.orchestrator, Credentials(), args));
   }
 
   int Run(const std::atomic<bool>& stop, const std::atomic<bool>& hard_stop) {
@@ -217,6 +199,13 @@ class Worker {
   }
 
  private:
+  std::shared_ptr<grpc::ChannelCredentials> Credentials() const {
+    if (options_.tls_ca_pem.empty()) return grpc::InsecureChannelCredentials();
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options_.tls_ca_pem;
+    return grpc::SslCredentials(ssl);
+  }
+
   std::unique_ptr<grpc::ClientContext> Ctx(int timeout_ms = 10000) const {
     auto ctx = std::make_unique<grpc::ClientContext>();
     if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
@@ -473,7 +462,7 @@ class Worker {
       t.child = std::make_unique<bp::child>(
           program, bp::args(args), bp::std_out > (t.dir + "/stdout.log"),
           bp::std_err > (t.dir + "/stderr.log"), bp::std_in < bp::null, bp::start_dir(t.dir), env,
-          ChildSetup{});
+          SupervisedChild{});
     } catch (const std::exception& e) {
       t.start_error = absl::StrCat("cannot start ", program.empty() ? "the trainer" : program, ": ", e.what());
       return;

@@ -39,6 +39,7 @@ namespace sweep::worker {
 struct WorkerOptions {
   std::string orchestrator = "127.0.0.1:7070";
   std::string token;  // Empty: no authorization metadata.
+  std::string tls_ca_pem;  // Non-empty: TLS to sweepd, trusting these PEM root certificates.
   std::string name;
   std::string workdir = "sweep-work";
   std::string sweep_train;  // Path of the sweep-train binary.

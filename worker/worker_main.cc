@@ -1,7 +1,8 @@
 // sweep-worker: runs the trials sweepd hands out, each as its own sweep-train process.
 //
 //   sweep-worker --orchestrator HOST:PORT [--name NAME] [--workdir DIR] [--gpus LIST|auto|none]
-//                [--cpu-slots N] [--threads-per-trial N] [--token-file F] [--sweep-train PATH]
+//                [--cpu-slots N] [--threads-per-trial N] [--token-file F] [--tls-ca PEM]
+//                [--stop-grace S] [--sweep-train PATH]
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -45,7 +46,9 @@ int main(int argc, char** argv) {
       "Exit codes: 0 clean stop, 1 trials could not be handed back in time, 2 usage,\n"
       "130 killed by a second signal.",
       "sweep-worker"};
-  app.add_option("--orchestrator", options.orchestrator, "sweepd address")->capture_default_str();
+  app.add_option("--orchestrator", options.orchestrator, "sweepd address")
+      ->envname("SWEEP_ORCHESTRATOR")
+      ->capture_default_str();
   app.add_option("--name", options.name, "Worker name; a restarted worker re-attaches by it")
       ->capture_default_str();
   app.add_option("--workdir", options.workdir, "Trial folders go here")->capture_default_str();
@@ -58,7 +61,13 @@ int main(int argc, char** argv) {
   app.add_option("--threads-per-trial", options.threads_per_trial, "Intra-op threads per trial")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--token-file", token_file, "Token for sweepd (authorization: Bearer)");
+  app.add_option("--token-file", token_file, "Token for sweepd (authorization: Bearer)")
+      ->envname("SWEEP_TOKEN_FILE")
+      ->check(CLI::ExistingFile);
+  std::string tls_ca;
+  app.add_option("--tls-ca", tls_ca,
+                 "Connect with TLS, trusting this PEM certificate (sweepd's --tls-cert or its CA)")
+      ->check(CLI::ExistingFile);
   app.add_option("--sweep-train", options.sweep_train, "Trainer binary")->capture_default_str();
   app.add_option("--heartbeat", options.heartbeat_seconds, "Seconds between heartbeats")
       ->capture_default_str()
@@ -80,6 +89,12 @@ int main(int argc, char** argv) {
       spdlog::error("{}: no token", token_file);
       return 2;
     }
+  }
+  if (!tls_ca.empty()) {
+    std::ifstream in(tls_ca);
+    std::stringstream pem;
+    pem << in.rdbuf();
+    options.tls_ca_pem = pem.str();
   }
   if (gpus == "auto") {
     options.gpus = sweep::worker::DetectGpus();

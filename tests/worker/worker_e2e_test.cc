@@ -78,13 +78,14 @@ class WorkerE2eTest : public ::testing::Test {
     }
   }
 
-  void StartSweepd(double lease_ttl, const std::string& listen = "127.0.0.1:0") {
+  void StartSweepd(double lease_ttl, const std::string& listen = "127.0.0.1:0",
+                   std::vector<std::string> extra = {}) {
     fs::remove(dir_ + "/port");
-    sweepd_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{SWEEPD_BIN, "--db", dir_ + "/sweep.db", "--listen", listen,
-                                 "--port-file", dir_ + "/port", "--lease-ttl",
-                                 std::to_string(lease_ttl)},
-        "", dir_ + "/sweepd.log");
+    std::vector<std::string> argv = {SWEEPD_BIN, "--db", dir_ + "/sweep.db", "--listen", listen,
+                                     "--port-file", dir_ + "/port", "--lease-ttl",
+                                     std::to_string(lease_ttl)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    sweepd_ = std::make_unique<Subprocess>(argv, "", dir_ + "/sweepd.log");
     ASSERT_TRUE(WaitFor([&] { return !ReadFileOrEmpty(dir_ + "/port").empty(); }, seconds(30)));
     port_ = std::stoi(ReadFileOrEmpty(dir_ + "/port"));
     target_ = "127.0.0.1:" + std::to_string(port_);
@@ -111,6 +112,7 @@ class WorkerE2eTest : public ::testing::Test {
     req.set_origin("test.yaml");
     v1::SubmitSweepResponse resp;
     grpc::ClientContext ctx;
+    if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
     grpc::Status s = stub_->SubmitSweep(&ctx, req, &resp);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
@@ -174,7 +176,7 @@ class WorkerE2eTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_, target_;
+  std::string dir_, target_, token_;
   int port_ = 0;
   std::unique_ptr<Subprocess> sweepd_;
   std::map<std::string, std::unique_ptr<Subprocess>> workers_;
@@ -424,6 +426,26 @@ TEST_F(WorkerE2eTest, ARestartedWorkerHandsBackWhatItHeldWithoutWaitingForTheLea
   EXPECT_EQ(Db("SELECT state || '/' || attempt || '/' || attempt_errors FROM trials"), "completed/2/[]");
   EXPECT_EQ(Db("SELECT COUNT(*) || '/' || MIN(step) || '/' || MAX(step) FROM metrics WHERE name = 'loss/out'"),
             "400/1/400");
+}
+
+TEST_F(WorkerE2eTest, WorksOverTlsWithAToken) {
+  token_ = "worker-e2e-token-0123456789";
+  std::ofstream(dir_ + "/token") << token_ << "\n";
+  ASSERT_EQ(sweep::testing::Run({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                                 "-keyout", dir_ + "/key.pem", "-out", dir_ + "/cert.pem", "-days",
+                                 "1", "-subj", "/CN=localhost", "-addext",
+                                 "subjectAltName=IP:127.0.0.1,DNS:localhost"},
+                                "", dir_ + "/openssl.out"),
+            0);
+  StartSweepd(10, "127.0.0.1:0",
+              {"--tls-cert", dir_ + "/cert.pem", "--tls-key", dir_ + "/key.pem", "--token-file", dir_ + "/token"});
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadFileOrEmpty(dir_ + "/cert.pem");
+  stub_ = v1::Orchestrator::NewStub(grpc::CreateChannel(target_, grpc::SslCredentials(ssl)));
+  Submit(BuiltinSpec("tls", 20, "3.0e-3"));
+  StartWorker("w-tls", {"--cpu-slots", "1", "--tls-ca", dir_ + "/cert.pem", "--token-file", dir_ + "/token"});
+  ASSERT_TRUE(SweepEnds("tls", seconds(60)));
+  EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics WHERE name = 'loss/out'"), "20");
 }
 
 }  // namespace
