@@ -35,6 +35,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   # sweep-worker: Boost.Process (header-only, links Boost.Filesystem)
   libboost1.81-dev libboost-filesystem1.81-dev
+  # analysis: least squares and bootstrap fits (header-only)
+  libeigen3-dev
   # tests: a self-signed certificate for sweepd's TLS test
   openssl
   # the PyTorch reference (tools/reference) and the benchmark
