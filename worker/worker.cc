@@ -595,13 +595,17 @@ class Worker {
           t.best_metric = row.value;
         }
       }
-      Pending p;
-      p.metric.set_name(row.name);
-      p.metric.set_step(row.step);
-      p.metric.set_value(row.value);
-      p.metric.set_time(now);
-      t.pending.push_back(std::move(p));
+      Queue(t, row, now);
     }
+  }
+
+  static void Queue(Trial& t, const MetricRow& row, double now) {
+    Pending p;
+    p.metric.set_name(row.name);
+    p.metric.set_step(row.step);
+    p.metric.set_value(row.value);
+    p.metric.set_time(now);
+    t.pending.push_back(std::move(p));
   }
 
   // The trainer resumed at `step` from `checkpoint`, in an earlier attempt's folder. That
@@ -621,15 +625,8 @@ class Worker {
       for (const std::string& line : lines) {
         std::optional<MetricsLine> parsed = ParseMetricsLine(line);
         if (!parsed || !parsed->event.empty() || parsed->step > step) continue;
-        for (const MetricRow& row : parsed->rows) {
-          Pending p;
-          p.metric.set_name(row.name);
-          p.metric.set_step(row.step);
-          p.metric.set_value(row.value);
-          p.metric.set_time(now);
-          t.pending.push_back(std::move(p));
-          ++rows;
-        }
+        for (const MetricRow& row : parsed->rows) Queue(t, row, now);
+        rows += parsed->rows.size();
       }
     }
     spdlog::info("trial {} attempt {}: resumed at step {}; re-sending {} rows up to it from {}",
