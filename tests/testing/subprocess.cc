@@ -87,4 +87,11 @@ std::string MakeTempDir(const std::string& prefix) {
   return tmpl;
 }
 
+bool MakeSelfSignedCertificate(const std::string& dir) {
+  return Run({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+              dir + "/key.pem", "-out", dir + "/cert.pem", "-days", "1", "-subj", "/CN=localhost",
+              "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"},
+             "", dir + "/openssl.log") == 0;
+}
+
 }  // namespace sweep::testing

@@ -43,6 +43,10 @@ std::string ReadFileOrEmpty(const std::string& path);
 // A fresh empty directory under the test temp dir.
 std::string MakeTempDir(const std::string& prefix);
 
+// Writes <dir>/cert.pem and <dir>/key.pem, a self-signed certificate for 127.0.0.1 and
+// localhost (openssl); returns false, with openssl's output in <dir>/openssl.log, if it fails.
+bool MakeSelfSignedCertificate(const std::string& dir);
+
 }  // namespace sweep::testing
 
 #endif  // SWEEP_TESTS_TESTING_SUBPROCESS_H_

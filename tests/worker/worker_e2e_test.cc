@@ -431,12 +431,7 @@ TEST_F(WorkerE2eTest, ARestartedWorkerHandsBackWhatItHeldWithoutWaitingForTheLea
 TEST_F(WorkerE2eTest, WorksOverTlsWithAToken) {
   token_ = "worker-e2e-token-0123456789";
   std::ofstream(dir_ + "/token") << token_ << "\n";
-  ASSERT_EQ(sweep::testing::Run({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                                 "-keyout", dir_ + "/key.pem", "-out", dir_ + "/cert.pem", "-days",
-                                 "1", "-subj", "/CN=localhost", "-addext",
-                                 "subjectAltName=IP:127.0.0.1,DNS:localhost"},
-                                "", dir_ + "/openssl.out"),
-            0);
+  ASSERT_TRUE(sweep::testing::MakeSelfSignedCertificate(dir_)) << ReadFileOrEmpty(dir_ + "/openssl.log");
   StartSweepd(10, "127.0.0.1:0",
               {"--tls-cert", dir_ + "/cert.pem", "--tls-key", dir_ + "/key.pem", "--token-file", dir_ + "/token"});
   grpc::SslCredentialsOptions ssl;
