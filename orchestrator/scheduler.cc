@@ -220,8 +220,8 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
                                    "ORDER BY t.id LIMIT ?"));
     Statement take(store_->db(),
                    "UPDATE trials SET state = 'leased', attempt = attempt + 1, worker_id = ?, "
-                   "lease_expires_at = ?, stop_requested = 0, started_at = COALESCE(started_at, ?) "
-                   "WHERE id = ? AND state = 'pending'");
+                   "lease_expires_at = ?, stop_requested = 0, stop_reason = NULL, "
+                   "started_at = COALESCE(started_at, ?) WHERE id = ? AND state = 'pending'");
     while (static_cast<int>(leases.size()) < max_trials && sweeps.Step() == SQLITE_ROW) {
       const LeaseSweep sweep = ReadLeaseSweep(sweeps, 0);
       const int64_t sweep_id = sweep.id;
@@ -319,8 +319,9 @@ absl::StatusOr<std::vector<StopRequest>> Scheduler::Heartbeat(
       return absl::NotFoundError(absl::StrCat("no worker ", worker_id, "; register first"));
     }
     Statement get(store_->db(),
-                  "SELECT t.attempt, t.state, t.worker_id, t.stop_requested, s.state "
-                  "FROM trials t JOIN sweeps s ON s.id = t.sweep_id WHERE t.id = ?");
+                  "SELECT t.attempt, t.state, t.worker_id, t.stop_requested, s.state, "
+                  "COALESCE(t.stop_reason, '') FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
+                  "WHERE t.id = ?");
     Statement renew(store_->db(),
                     "UPDATE trials SET lease_expires_at = ?, last_step = MAX(COALESCE(last_step, 0), ?) "
                     "WHERE id = ?");
@@ -344,11 +345,17 @@ absl::StatusOr<std::vector<StopRequest>> Scheduler::Heartbeat(
       renew.Bind(3, p.trial_id);
       if (renew.Step() != SQLITE_DONE) return renew.Error("renewing a lease");
       const std::string sweep_state = get.Text(4);
-      if (get.Int(3) != 0 || sweep_state == "cancelled") {
-        stops.push_back({p.trial_id, p.attempt,
-                         sweep_state == "cancelled" ? "sweep cancelled"
-                         : get.Int(3) == 2          ? "trial cancelled"
-                                                    : "stop requested"});
+      const int64_t code = get.Int(3);
+      if (code != kStopNone || sweep_state == "cancelled") {
+        std::string reason = "stop requested";
+        if (sweep_state == "cancelled") {
+          reason = "sweep cancelled";
+        } else if (code == kStopCancel) {
+          reason = "trial cancelled";
+        } else if (code == kStopDiverged || code == kStopEarly) {
+          reason = absl::StrCat("early termination: ", get.Text(5));
+        }
+        stops.push_back({p.trial_id, p.attempt, reason});
       }
     }
     return absl::OkStatus();
@@ -377,15 +384,25 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
     if (absl::Status s = CheckFence(trial_id, attempt, &sweep_id, &worker_id); !s.ok()) return s;
     const double now = clock_->Now();
     Statement info(store_->db(),
-                   "SELECT t.stop_requested, s.state, s.max_attempts, t.attempt_errors "
+                   "SELECT t.stop_requested, s.state, s.max_attempts, t.attempt_errors, "
+                   "COALESCE(t.stop_reason, ''), t.divergence_step, "
+                   "COALESCE(t.divergence_reason, '') "
                    "FROM trials t JOIN sweeps s ON s.id = t.sweep_id WHERE t.id = ?");
     info.Bind(1, trial_id);
     if (info.Step() != SQLITE_ROW) return info.Error("reading the trial");
     const std::string sweep_state = info.Text(1);
     // Nothing that was cancelled goes back to pending: it would wait there for ever.
-    const bool cancelled = sweep_state == "cancelled" || info.Int(0) == 2;
+    const bool cancelled = sweep_state == "cancelled" || info.Int(0) == kStopCancel;
     const int max_attempts = static_cast<int>(info.Int(2));
     nlohmann::json errors = AttemptErrors(info.Text(3));
+    // Early termination (monitor.h) decides how the trial ends, whatever the attempt reports
+    // as it stops: a divergence stop ends it diverged in every case; an ASHA stop ends it
+    // stopped unless it completed or diverged on its own first.
+    const int64_t stop_code = info.Int(0);
+    const std::string stop_reason = info.Text(4);
+    const std::optional<int64_t> divergence_step =
+        info.IsNull(5) ? std::nullopt : std::optional<int64_t>(info.Int(5));
+    const std::string divergence_reason = info.Text(6);
 
     // How the attempt ended, for the audit log: "attempt 2, exit 1: CUDA error".
     std::string detail = absl::StrCat("attempt ", attempt);
@@ -432,6 +449,20 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
       case Outcome::kDiverged:
         break;
     }
+    const bool ran_out = c.outcome == Outcome::kCompleted || c.outcome == Outcome::kDiverged;
+    if (!cancelled && (stop_code == kStopDiverged || (stop_code == kStopEarly && !ran_out))) {
+      state = stop_code == kStopDiverged ? "diverged" : "stopped";
+      kind.clear();
+      error = stop_reason;
+      // The worker usually echoes the heartbeat's reason as its error already.
+      if (c.error.find(stop_reason) == std::string::npos) {
+        absl::StrAppend(&detail, "; early termination: ", stop_reason);
+      }
+    }
+    // A divergence sweepd detected says why, when the trainer said nothing.
+    if (state == "diverged" && (!error || error->empty()) && !divergence_reason.empty()) {
+      error = divergence_reason;
+    }
     if (state == "pending") error.reset();
     Statement st(store_->db(),
                  "UPDATE trials SET state = ?1, worker_id = NULL, lease_expires_at = NULL, "
@@ -453,8 +484,15 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
     } else {
       st.BindNull(4);
     }
-    if (c.outcome == Outcome::kDiverged) {
-      st.Bind(5, c.diverged_step);
+    if (state == "diverged") {
+      // The trainer's step when it reported one, else the step sweepd detected.
+      if (c.outcome == Outcome::kDiverged && c.diverged_step > 0) {
+        st.Bind(5, c.diverged_step);
+      } else if (divergence_step) {
+        st.Bind(5, *divergence_step);
+      } else {
+        st.Bind(5, c.outcome == Outcome::kDiverged ? c.diverged_step : c.last_step);
+      }
     } else {
       st.BindNull(5);
     }
@@ -526,13 +564,16 @@ absl::StatusOr<int> Scheduler::ExpireLeases() {
     const double now = clock_->Now();
     Statement find(store_->db(),
                    "SELECT t.id, t.attempt, t.sweep_id, t.worker_id, s.max_attempts, "
-                   "t.attempt_errors, t.stop_requested, s.state FROM trials t "
+                   "t.attempt_errors, t.stop_requested, s.state, COALESCE(t.stop_reason, ''), "
+                   "COALESCE(t.divergence_step, t.last_step) FROM trials t "
                    "JOIN sweeps s ON s.id = t.sweep_id "
                    "WHERE t.state IN ('leased', 'running') AND t.lease_expires_at < ?");
     find.Bind(1, now);
     Statement update(store_->db(),
                      "UPDATE trials SET state = ?, worker_id = NULL, lease_expires_at = NULL, "
-                     "attempt_errors = ?, error = ?, finished_at = ? WHERE id = ?");
+                     "attempt_errors = ?, error = ?, finished_at = ?, "
+                     "diverged_step = CASE WHEN ?1 = 'diverged' THEN ? ELSE diverged_step END "
+                     "WHERE id = ?");
     std::vector<std::tuple<int64_t, int64_t, int64_t, std::string>> events;
     while (find.Step() == SQLITE_ROW) {
       const int64_t trial_id = find.Int(0);
@@ -542,12 +583,20 @@ absl::StatusOr<int> Scheduler::ExpireLeases() {
       // Failed attempts, not the attempt number: released and paused attempts are free.
       const int failures = static_cast<int>(errors.size());
       const bool give_up = failures >= find.Int(4);
-      const bool cancelled = find.Text(7) == "cancelled" || find.Int(6) == 2;
-      const std::string state = give_up ? "failed" : cancelled ? "cancelled" : "pending";
+      const int64_t code = find.Int(6);
+      const bool cancelled = find.Text(7) == "cancelled" || code == kStopCancel;
+      // A trial early termination was stopping ends as it decided, not requeued to run again.
+      const bool early = !cancelled && (code == kStopDiverged || code == kStopEarly);
+      const std::string state = early       ? (code == kStopDiverged ? "diverged" : "stopped")
+                                : give_up   ? "failed"
+                                : cancelled ? "cancelled"
+                                            : "pending";
       update.Reset();
       update.Bind(1, state);
       update.Bind(2, errors.dump());
-      if (give_up) {
+      if (early) {
+        update.Bind(3, find.Text(8));
+      } else if (give_up) {
         update.Bind(3, absl::StrCat("failed after ", failures, " attempts: ", errors.dump()));
       } else {
         update.BindNull(3);
@@ -557,7 +606,8 @@ absl::StatusOr<int> Scheduler::ExpireLeases() {
       } else {
         update.Bind(4, now);
       }
-      update.Bind(5, trial_id);
+      update.Bind(5, find.Int(9));
+      update.Bind(6, trial_id);
       if (update.Step() != SQLITE_DONE) return update.Error("expiring a lease");
       events.emplace_back(find.Int(2), trial_id, find.IsNull(3) ? 0 : find.Int(3),
                           state == "pending" ? "requeued" : state);
@@ -601,8 +651,11 @@ absl::Status Scheduler::PauseSweep(const std::string& sweep, bool stop_running) 
       return s;
     }
     if (stop_running) {
-      if (absl::Status s = Exec(absl::StrCat("UPDATE trials SET stop_requested = 1 WHERE sweep_id = ",
-                                             *id, " AND state IN ('leased', 'running')"));
+      // A trial already being stopped (cancel, early termination) keeps its reason.
+      if (absl::Status s =
+              Exec(absl::StrCat("UPDATE trials SET stop_requested = 1 WHERE sweep_id = ", *id,
+                                " AND state IN ('leased', 'running') "
+                                "AND stop_requested = 0"));
           !s.ok()) {
         return s;
       }
@@ -664,8 +717,10 @@ absl::Status Scheduler::RetryTrial(int64_t trial_id) {
   return InTransaction(store_->db(), [&]() -> absl::Status {
     Statement st(store_->db(),
                  "UPDATE trials SET state = 'pending', error = NULL, finished_at = NULL, "
-                 "attempt_errors = '[]' WHERE id = ? AND state IN ('failed', 'diverged', "
-                 "'stopped', 'cancelled') RETURNING sweep_id");
+                 "attempt_errors = '[]', divergence_step = NULL, divergence_reason = NULL, "
+                 "stop_reason = NULL, asha_exempt = asha_exempt OR state = 'stopped' "
+                 "WHERE id = ? AND state IN ('failed', 'diverged', 'stopped', 'cancelled') "
+                 "RETURNING sweep_id");
     st.Bind(1, trial_id);
     if (st.Step() != SQLITE_ROW) {
       return absl::FailedPreconditionError(absl::StrCat(

@@ -23,6 +23,12 @@
 //     more trials until an operator releases it.
 //   * Pause stops handing out a sweep's trials (running ones go on, or are stopped with a
 //     checkpoint when asked, and then wait as pending); Resume undoes it; Cancel stops all.
+//   * Early termination (monitor.h sets stop_requested to kStopDiverged or kStopEarly with a
+//     stop_reason): Heartbeat asks the worker to stop the trial ("early termination: ...");
+//     the attempt then ends `diverged` (divergence: whatever it reports, unless cancelled) or
+//     `stopped` (ASHA: unless it completed or diverged on its own first), with stop_reason
+//     as the trial's error; a lease that expires meanwhile ends the same way. RetryTrial
+//     clears a detected divergence, and a trial retried from `stopped` is exempt from rungs.
 //   * Time comes from the Clock given at construction, so tests need no sleeping.
 //
 // Thread-safety: none; sweepd calls it from its one writer thread.

@@ -83,7 +83,11 @@ void ToLease(const Lease& lease, v1::Lease* out) {
 
 OrchestratorService::OrchestratorService(Store* store, Scheduler* scheduler, Clock* clock,
                                          ServiceOptions options)
-    : options_(std::move(options)), clock_(clock), store_(store), scheduler_(scheduler) {}
+    : options_(std::move(options)),
+      clock_(clock),
+      store_(store),
+      scheduler_(scheduler),
+      monitor_(store, clock) {}
 
 grpc::Status OrchestratorService::Authorize(grpc::ServerContext* context) const {
   if (options_.token.empty()) return grpc::Status::OK;
@@ -452,7 +456,7 @@ grpc::Status OrchestratorService::StreamMetrics(grpc::ServerContext* context,
     }
     received += batch.metrics_size();
     std::lock_guard<std::mutex> lock(mu_);
-    absl::StatusOr<int64_t> added = store_->InsertMetrics(rows);
+    absl::StatusOr<int64_t> added = monitor_.Ingest(rows);
     if (!added.ok()) return ToGrpc(added.status());
     stored += *added;
   }
@@ -501,7 +505,9 @@ grpc::Status OrchestratorService::CompleteTrial(grpc::ServerContext* context,
   c.checkpoint = request->checkpoint();
   c.exit_code = request->exit_code();
   std::lock_guard<std::mutex> lock(mu_);
-  return ToGrpc(scheduler_->Complete(request->trial_id(), request->attempt(), c));
+  absl::Status s = scheduler_->Complete(request->trial_id(), request->attempt(), c);
+  if (s.ok()) monitor_.Forget(request->trial_id());
+  return ToGrpc(s);
 }
 
 }  // namespace sweep::orchestrator

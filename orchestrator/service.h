@@ -1,6 +1,7 @@
 // The gRPC face of sweepd: translates sweep.v1 messages to Store / Scheduler calls and back.
 // No scheduling logic lives here (see scheduler.h); every call takes the one mutex that
-// serialises access to the database, so the Store keeps a single writer.
+// serialises access to the database, so the Store keeps a single writer. Metrics go through
+// the Monitor (monitor.h): spikes, divergence and early termination on ingest.
 //
 // Auth: with a non-empty token every call must carry `authorization: Bearer <token>`
 // (compared in constant time), else UNAUTHENTICATED.
@@ -12,6 +13,7 @@
 #include <mutex>
 #include <string>
 
+#include "orchestrator/monitor.h"
 #include "orchestrator/scheduler.h"
 #include "orchestrator/spec.h"
 #include "orchestrator/store.h"
@@ -90,6 +92,7 @@ class OrchestratorService final : public sweep::v1::Orchestrator::Service {
   std::mutex mu_;
   Store* const store_;          // GUARDED_BY(mu_)
   Scheduler* const scheduler_;  // GUARDED_BY(mu_)
+  Monitor monitor_;             // GUARDED_BY(mu_)
 };
 
 }  // namespace sweep::orchestrator

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
@@ -265,8 +266,64 @@ absl::Status ParseEarlyTerminate(const Reader& r, const YAML::Node& node,
       absl::StatusOr<int64_t> v = r.Int(item["max_steps"], "early_terminate.max_steps", 1);
       if (!v.ok()) return v.status();
       rule.max_steps = *v;
+      if (rule.type != "divergence" && rule.max_steps <= rule.min_steps) {
+        return Error(
+            YamlWhere(r.origin, item["max_steps"]), "early_terminate.max_steps",
+            absl::StrCat("must be > min_steps (", rule.min_steps, "), got ", rule.max_steps));
+      }
     }
     rules->push_back(rule);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseDetection(const Reader& r, const YAML::Node& node, DetectionOptions* out) {
+  if (absl::Status s = r.OnlyKeys(node, "detection",
+                                  {"window", "z", "min_values", "initial_steps", "loss_margin",
+                                   "grad_norm_factor", "consecutive"});
+      !s.ok()) {
+    return s;
+  }
+  struct IntKey {
+    const char* key;
+    int* field;
+    int64_t min;
+  } ints[] = {{"window", &out->window, 2},
+              {"min_values", &out->min_values, 2},
+              {"initial_steps", &out->initial_steps, 1},
+              {"consecutive", &out->consecutive, 1}};
+  for (const IntKey& k : ints) {
+    if (!node[k.key]) continue;
+    absl::StatusOr<int64_t> v = r.Int(node[k.key], absl::StrCat("detection.", k.key), k.min);
+    if (!v.ok()) return v.status();
+    if (*v > 1'000'000) {
+      return Error(YamlWhere(r.origin, node[k.key]), absl::StrCat("detection.", k.key),
+                   "must be <= 1000000");
+    }
+    *k.field = static_cast<int>(*v);
+  }
+  struct NumberKey {
+    const char* key;
+    double* field;
+    double min;
+    bool strict;  // > min rather than >= min
+  } numbers[] = {{"z", &out->z, 0, true},
+                 {"loss_margin", &out->loss_margin, 0, false},
+                 {"grad_norm_factor", &out->grad_norm_factor, 1, false}};
+  for (const NumberKey& k : numbers) {
+    if (!node[k.key]) continue;
+    const std::string key = absl::StrCat("detection.", k.key);
+    absl::StatusOr<double> v = r.Number(node[k.key], key);
+    if (!v.ok()) return v.status();
+    if (k.strict ? *v <= k.min : *v < k.min) {
+      return Error(YamlWhere(r.origin, node[k.key]), key,
+                   absl::StrCat("must be ", k.strict ? "> " : ">= ", k.min, ", got ", *v));
+    }
+    *k.field = *v;
+  }
+  if (out->min_values > out->window) {
+    return Error(YamlWhere(r.origin, node), "detection.min_values",
+                 absl::StrCat("must be <= window (", out->window, "), got ", out->min_values));
   }
   return absl::OkStatus();
 }
@@ -365,10 +422,10 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
                                                    "method, base, parameters), got ",
                                                    YamlDescribe(root)));
   }
-  if (absl::Status s = r.OnlyKeys(root, "", {"name", "description", "method", "run_cap", "seed",
-                                            "metric", "trainer", "base", "parameters",
-                                            "early_terminate", "resources", "max_attempts",
-                                            "parallel"});
+  if (absl::Status s = r.OnlyKeys(
+          root, "",
+          {"name", "description", "method", "run_cap", "seed", "metric", "trainer", "base",
+           "parameters", "early_terminate", "detection", "resources", "max_attempts", "parallel"});
       !s.ok()) {
     return s;
   }
@@ -498,6 +555,9 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
   if (const YAML::Node et = root["early_terminate"]) {
     if (absl::Status s = ParseEarlyTerminate(r, et, &spec.early_terminate); !s.ok()) return s;
   }
+  if (const YAML::Node detection = root["detection"]) {
+    if (absl::Status s = ParseDetection(r, detection, &spec.detection); !s.ok()) return s;
+  }
   if (const YAML::Node res = root["resources"]) {
     if (absl::Status s = r.OnlyKeys(res, "resources", {"gpus_per_trial", "cpu_slots_per_trial"});
         !s.ok()) {
@@ -618,6 +678,65 @@ absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
     trials.push_back(std::move(trial));
   }
   return trials;
+}
+
+std::string EarlyTerminateToJson(const std::vector<EarlyTerminateRule>& rules) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const EarlyTerminateRule& rule : rules) {
+    nlohmann::json item = {{"type", rule.type}};
+    if (rule.type != "divergence") {
+      item["min_steps"] = rule.min_steps;
+      item["eta"] = rule.eta;
+      item["max_steps"] = rule.max_steps;
+    }
+    out.push_back(item);
+  }
+  return out.dump();
+}
+
+absl::StatusOr<std::vector<EarlyTerminateRule>> EarlyTerminateFromJson(const std::string& json) {
+  const nlohmann::json in = nlohmann::json::parse(json, nullptr, false);
+  if (!in.is_array()) return absl::InvalidArgumentError("early_terminate: expected a JSON array");
+  std::vector<EarlyTerminateRule> rules;
+  try {
+    for (const nlohmann::json& item : in) {
+      EarlyTerminateRule rule;
+      rule.type = item.at("type").get<std::string>();
+      rule.min_steps = item.value("min_steps", int64_t{0});
+      rule.eta = item.value("eta", 3.0);
+      rule.max_steps = item.value("max_steps", int64_t{0});
+      rules.push_back(rule);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("early_terminate: ", e.what()));
+  }
+  return rules;
+}
+
+std::string DetectionToJson(const DetectionOptions& o) {
+  return nlohmann::json{{"window", o.window},           {"z", o.z},
+                        {"min_values", o.min_values},   {"initial_steps", o.initial_steps},
+                        {"loss_margin", o.loss_margin}, {"grad_norm_factor", o.grad_norm_factor},
+                        {"consecutive", o.consecutive}}
+      .dump();
+}
+
+absl::StatusOr<DetectionOptions> DetectionFromJson(const std::string& json) {
+  const nlohmann::json in = nlohmann::json::parse(json, nullptr, false);
+  if (!in.is_object()) return absl::InvalidArgumentError("detection: expected a JSON object");
+  DetectionOptions o;
+  try {
+    o.window = in.value("window", o.window);
+    o.z = in.value("z", o.z);
+    o.min_values = in.value("min_values", o.min_values);
+    o.initial_steps = in.value("initial_steps", o.initial_steps);
+    o.loss_margin = in.value("loss_margin", o.loss_margin);
+    o.grad_norm_factor = in.value("grad_norm_factor", o.grad_norm_factor);
+    o.consecutive = in.value("consecutive", o.consecutive);
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("detection: ", e.what()));
+  }
+  return o;
 }
 
 }  // namespace sweep::orchestrator

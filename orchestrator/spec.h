@@ -9,6 +9,7 @@
 //     model.n_layers: {values: [2, 4, 6]}
 //     optim.lr: {min: 1e-4, max: 1e-1, distribution: log_uniform}   # random only
 //   early_terminate: {type: divergence}   # or a list: [{type: divergence}, {type: asha, ...}]
+//   detection: {window: 128, z: 6, min_values: 20}   # spikes and divergence (detector.h)
 //   resources: {gpus_per_trial: 1}
 //   max_attempts: 3
 //   parallel: 4                      # max concurrent trials (0: no limit)
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "orchestrator/detector.h"
 
 namespace sweep::orchestrator {
 
@@ -67,6 +69,7 @@ struct SweepSpec {
   std::string base_yaml;             // The `base` section, re-emitted as YAML.
   std::vector<ParameterSpec> parameters;
   std::vector<EarlyTerminateRule> early_terminate;
+  DetectionOptions detection;
   int gpus_per_trial = 0;
   int cpu_slots_per_trial = 1;
   int max_attempts = 3;
@@ -100,6 +103,13 @@ absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
 
 // Number of grid points (product of the value counts); 0 for random search.
 int64_t GridSize(const SweepSpec& spec);
+
+// The early_terminate rules and detection settings as JSON (sweeps.early_terminate and
+// sweeps.detection), and back. Keys missing from the JSON keep their defaults.
+std::string EarlyTerminateToJson(const std::vector<EarlyTerminateRule>& rules);
+absl::StatusOr<std::vector<EarlyTerminateRule>> EarlyTerminateFromJson(const std::string& json);
+std::string DetectionToJson(const DetectionOptions& options);
+absl::StatusOr<DetectionOptions> DetectionFromJson(const std::string& json);
 
 }  // namespace sweep::orchestrator
 

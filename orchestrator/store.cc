@@ -154,6 +154,56 @@ SELECT t.id AS trial_id, s.name AS sweep, t.trial_key, t.params, t.state, t.atte
        t.diverged_step, t.checkpoint_step, t.error, t.started_at, t.finished_at
 FROM trials t JOIN sweeps s ON s.id = t.sweep_id;
 )sql",
+    // 3: detection on ingest and early termination (orchestrator/monitor.h): spikes, ASHA's
+    // rung decisions, each sweep's early_terminate rules and detection settings, and per
+    // trial the divergence sweepd detected and why it asked the trial to stop.
+    R"sql(
+CREATE TABLE spikes (
+  trial_id  INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+  name      TEXT NOT NULL,
+  step      INTEGER NOT NULL,
+  value     REAL NOT NULL,
+  z         REAL NOT NULL,
+  mean      REAL NOT NULL,
+  in_warmup INTEGER NOT NULL,
+  attempt   INTEGER NOT NULL,
+  PRIMARY KEY (trial_id, name, step)
+) WITHOUT ROWID;
+
+CREATE TABLE rungs (
+  sweep_id   INTEGER NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+  trial_id   INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+  rule       INTEGER NOT NULL,
+  bracket    INTEGER NOT NULL,
+  rung       INTEGER NOT NULL,
+  step       INTEGER NOT NULL,
+  value_step INTEGER NOT NULL,
+  value      REAL,
+  nonfinite  TEXT CHECK (nonfinite IN ('nan', 'inf', '-inf')),
+  rank       INTEGER NOT NULL,
+  n          INTEGER NOT NULL,
+  decision   TEXT NOT NULL CHECK (decision IN ('continue', 'stop')),
+  attempt    INTEGER NOT NULL,
+  time       REAL NOT NULL,
+  PRIMARY KEY (trial_id, rule, rung)
+) WITHOUT ROWID;
+CREATE INDEX rungs_by_rung ON rungs (sweep_id, rule, bracket, rung);
+
+ALTER TABLE sweeps ADD COLUMN early_terminate TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE sweeps ADD COLUMN detection TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE trials ADD COLUMN divergence_step INTEGER;
+ALTER TABLE trials ADD COLUMN divergence_reason TEXT;
+ALTER TABLE trials ADD COLUMN stop_reason TEXT;
+ALTER TABLE trials ADD COLUMN asha_exempt INTEGER NOT NULL DEFAULT 0;
+
+DROP VIEW trial_summary;
+CREATE VIEW trial_summary AS
+SELECT t.id AS trial_id, s.name AS sweep, t.trial_key, t.params, t.state, t.attempt,
+       t.last_step, t.final_metric, t.best_metric, s.metric_name, s.metric_goal,
+       t.diverged_step, t.checkpoint_step, t.error, t.started_at, t.finished_at,
+       t.divergence_step, t.divergence_reason
+FROM trials t JOIN sweeps s ON s.id = t.sweep_id;
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion, "one migration per schema version");
 
@@ -296,7 +346,8 @@ absl::StatusOr<SubmitResult> Store::SubmitSweep(const SweepSpec& spec,
       db_,
       "INSERT INTO sweeps (name, state, method, metric_name, metric_goal, max_attempts, parallel, "
       "spec_text, spec_hash, created_at, updated_at, gpus_per_trial, cpu_slots_per_trial, "
-      "trainer_command) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      "trainer_command, early_terminate, detection) "
+      "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   if (!insert_sweep.status().ok()) return fail(insert_sweep.status());
   insert_sweep.Bind(1, spec.name);
   insert_sweep.Bind(2, std::string(spec.method == SearchMethod::kGrid ? "grid" : "random"));
@@ -311,6 +362,8 @@ absl::StatusOr<SubmitResult> Store::SubmitSweep(const SweepSpec& spec,
   insert_sweep.Bind(11, spec.gpus_per_trial);
   insert_sweep.Bind(12, spec.cpu_slots_per_trial);
   insert_sweep.Bind(13, nlohmann::json(spec.command).dump());
+  insert_sweep.Bind(14, EarlyTerminateToJson(spec.early_terminate));
+  insert_sweep.Bind(15, DetectionToJson(spec.detection));
   if (insert_sweep.Step() != SQLITE_DONE) return fail(insert_sweep.Error("inserting the sweep"));
   const int64_t sweep_id = sqlite3_last_insert_rowid(db_);
 
@@ -440,7 +493,8 @@ absl::StatusOr<TrialRow> Store::GetTrial(int64_t trial_id) {
   return ReadTrial(st);
 }
 
-absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows) {
+absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows,
+                                             const NewMetricsHook& on_new) {
   if (rows.empty()) return 0;
   if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](absl::Status s) {
@@ -455,6 +509,7 @@ absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows)
   if (!attempt.status().ok()) return fail(attempt.status());
   if (!insert.status().ok()) return fail(insert.status());
   int64_t checked_trial = -1, added = 0;
+  std::vector<MetricRow> new_rows;
   for (const MetricRow& row : rows) {
     if (row.trial_id != checked_trial) {
       attempt.Reset();
@@ -487,7 +542,13 @@ absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows)
     insert.Bind(6, row.attempt);
     insert.Bind(7, row.time);
     if (insert.Step() != SQLITE_DONE) return fail(insert.Error("inserting metrics"));
-    added += sqlite3_changes(db_);
+    if (sqlite3_changes(db_) > 0) {
+      ++added;
+      if (on_new) new_rows.push_back(row);
+    }
+  }
+  if (on_new && !new_rows.empty()) {
+    if (absl::Status s = on_new(new_rows); !s.ok()) return fail(s);
   }
   if (absl::Status s = Exec("COMMIT"); !s.ok()) return fail(s);
   return added;

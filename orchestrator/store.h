@@ -13,6 +13,8 @@
 //     Rows from an attempt other than the trial's current, leased one are refused
 //     (FailedPrecondition), so a requeued trial never mixes metrics of two attempts.
 //     Non-finite values are stored as NULL with `nonfinite` = 'nan' | 'inf' | '-inf'.
+//     With `on_new`, the rows that were new are handed to it inside the same transaction,
+//     before COMMIT: what it writes commits with them, and its error rolls the batch back.
 //   * Times are Unix seconds (REAL) passed in by the caller, so tests control the clock.
 //
 // Thread-safety: a Store is used from one thread at a time (sweepd's writer thread).
@@ -20,6 +22,7 @@
 #define SWEEP_ORCHESTRATOR_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,7 +36,16 @@ struct sqlite3;
 
 namespace sweep::orchestrator {
 
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
+
+// trials.stop_requested: why the trial's worker is told to stop it (heartbeat replies).
+enum StopCode : int {
+  kStopNone = 0,
+  kStopPause = 1,     // A pause with stop (or a cancelled sweep): pending again, or cancelled.
+  kStopCancel = 2,    // The trial was cancelled: it ends cancelled.
+  kStopDiverged = 3,  // Early termination, divergence: it ends diverged (trials.stop_reason).
+  kStopEarly = 4,     // Early termination, ASHA/hyperband: it ends stopped (trials.stop_reason).
+};
 
 struct SweepRow {
   int64_t id = 0;
@@ -98,7 +110,9 @@ class Store {
   absl::StatusOr<TrialRow> GetTrial(int64_t trial_id);
 
   // Stores rows in one transaction. Returns how many rows were new.
-  absl::StatusOr<int64_t> InsertMetrics(const std::vector<MetricRow>& rows);
+  using NewMetricsHook = std::function<absl::Status(const std::vector<MetricRow>& added)>;
+  absl::StatusOr<int64_t> InsertMetrics(const std::vector<MetricRow>& rows,
+                                        const NewMetricsHook& on_new = nullptr);
 
   // Appends to the audit log. Ids of 0 are stored as NULL.
   absl::Status RecordEvent(double time, int64_t sweep_id, int64_t trial_id, int64_t worker_id,

@@ -221,6 +221,63 @@ TEST_F(ServiceTest, WorkerProtocolWithFencing) {
   ASSERT_EQ(hb_resp.stop_size(), 1);
 }
 
+TEST_F(ServiceTest, StreamedMetricsAreExaminedAndEarlyTerminationReachesTheWorker) {
+  Submit(std::string(kSpec) + "early_terminate: [{type: divergence}]\n");
+  v1::RegisterWorkerResponse worker;
+  const int64_t worker_id = RegisterWorker("w1", &worker);
+  const v1::Lease lease = Lease(worker_id).at(0);
+  v1::StreamMetricsResponse stream_resp;
+  {
+    auto ctx = Ctx();
+    auto writer = stub_->StreamMetrics(ctx.get(), &stream_resp);
+    v1::MetricsBatch batch;
+    batch.set_trial_id(lease.trial_id());
+    batch.set_attempt(lease.attempt());
+    for (int step = 1; step <= 40; ++step) {
+      v1::Metric* m = batch.add_metrics();
+      m->set_name("optim/grad_norm");
+      m->set_step(step);
+      m->set_value(step == 30   ? 50.0
+                   : step == 35 ? std::numeric_limits<double>::quiet_NaN()
+                                : 1.0 + 0.01 * (step % 4));
+    }
+    ASSERT_TRUE(writer->Write(batch));
+    ASSERT_TRUE(writer->Write(batch));  // Re-sent: examined once.
+    writer->WritesDone();
+    ASSERT_TRUE(writer->Finish().ok());
+  }
+  EXPECT_EQ(stream_resp.rows_stored(), 40);
+  v1::QueryRequest query;
+  query.set_sql(
+      "SELECT group_concat(step) || ' ' || (SELECT COUNT(*) FROM events WHERE kind = 'spike') FROM "
+      "spikes");
+  v1::QueryResponse rows;
+  ASSERT_TRUE(stub_->Query(Ctx().get(), query, &rows).ok());
+  EXPECT_EQ(rows.rows(0).values(0), "30 1");
+
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker_id);
+  auto* p = hb.add_trials();
+  p->set_trial_id(lease.trial_id());
+  p->set_attempt(lease.attempt());
+  v1::HeartbeatResponse hb_resp;
+  ASSERT_TRUE(stub_->Heartbeat(Ctx().get(), hb, &hb_resp).ok());
+  ASSERT_EQ(hb_resp.stop_size(), 1);
+  EXPECT_EQ(hb_resp.stop(0).reason(),
+            "early termination: divergence: optim/grad_norm = nan at step 35: not a finite number");
+
+  v1::CompleteTrialRequest done;
+  done.set_trial_id(lease.trial_id());
+  done.set_attempt(lease.attempt());
+  done.set_outcome(v1::CompleteTrialRequest::STOPPED);
+  done.set_last_step(41);
+  done.set_error(hb_resp.stop(0).reason());
+  ASSERT_TRUE(Complete(done).ok());
+  const v1::Trial trial = GetTrial(lease.trial_id());
+  EXPECT_EQ(trial.state(), "diverged");
+  EXPECT_EQ(trial.error(), "divergence: optim/grad_norm = nan at step 35: not a finite number");
+}
+
 TEST_F(ServiceTest, QueryReadsButNeverWrites) {
   Submit();
   v1::QueryRequest q;

@@ -38,6 +38,36 @@ TEST(SpecTest, TheBundledDepthLrSpecExpandsToItsGrid) {
   EXPECT_EQ(spec->early_terminate[0].type, "divergence");
 }
 
+TEST(SpecTest, DetectionSettingsDefaultToOlmoCoresAndCanBeChanged) {
+  absl::StatusOr<SweepSpec> plain =
+      ParseSweepSpec(Spec("parameters: {optim.lr: {values: [1e-3]}}\n"), "a.yaml");
+  ASSERT_OK(plain);
+  EXPECT_EQ(plain->detection.window, 128);
+  EXPECT_EQ(plain->detection.z, 6);
+  EXPECT_EQ(plain->detection.min_values, 20);
+  EXPECT_EQ(plain->detection.initial_steps, 5);
+  EXPECT_EQ(plain->detection.loss_margin, 0.05);
+  EXPECT_EQ(plain->detection.grad_norm_factor, 10);
+  EXPECT_EQ(plain->detection.consecutive, 5);
+  absl::StatusOr<SweepSpec> set = ParseSweepSpec(
+      Spec("parameters: {optim.lr: {values: [1e-3]}}\n"
+           "detection: {window: 1000, z: 7, min_values: 100, initial_steps: 10, loss_margin: 0,\n"
+           "            grad_norm_factor: 5, consecutive: 3}\n"
+           "early_terminate: [{type: divergence}, {type: hyperband, min_steps: 10, eta: 3, "
+           "max_steps: 270}]\n"),
+      "b.yaml");
+  ASSERT_OK(set);
+  EXPECT_EQ(set->detection.window, 1000);  // OLMo 2's spike score: 7 sigma over 1000 steps.
+  EXPECT_EQ(set->detection.z, 7);
+  EXPECT_EQ(set->detection.min_values, 100);
+  EXPECT_EQ(set->detection.initial_steps, 10);
+  EXPECT_EQ(set->detection.loss_margin, 0);
+  EXPECT_EQ(set->detection.grad_norm_factor, 5);
+  EXPECT_EQ(set->detection.consecutive, 3);
+  ASSERT_EQ(set->early_terminate.size(), 2u);
+  EXPECT_EQ(set->early_terminate[1].max_steps, 270);
+}
+
 TEST(SpecTest, EqualNumbersGiveEqualTrialKeys) {
   absl::StatusOr<SweepSpec> a = ParseSweepSpec(Spec("parameters:\n  optim.lr: {values: [3e-3]}\n"), "a.yaml");
   absl::StatusOr<SweepSpec> b = ParseSweepSpec(Spec("parameters:\n  optim.lr: {values: [0.0030]}\n"), "b.yaml");
@@ -81,6 +111,19 @@ TEST(SpecTest, BadSpecsAreRefusedWithFileLineColumnAndKey) {
        "early_terminate.type: expected divergence, asha or hyperband; got 'median'"},
       {Spec("parameters: {optim.lr: {values: [1e-3]}}\nearly_terminate: {type: asha}\n"),
        "early_terminate.min_steps: required for asha"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\n"
+            "early_terminate: {type: asha, min_steps: 50, max_steps: 50}\n"),
+       "s.yaml:8:57: early_terminate.max_steps: must be > min_steps (50), got 50"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\ndetection: {window: 1}\n"),
+       "s.yaml:8:21: detection.window: must be >= 2, got 1"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\ndetection: {z: 0}\n"),
+       "s.yaml:8:16: detection.z: must be > 0, got 0"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\ndetection: {grad_norm_factor: nan}\n"),
+       "detection.grad_norm_factor: expected a finite number"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\ndetection: {window: 64, min_values: 65}\n"),
+       "detection.min_values: must be <= window (64), got 65"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\ndetection: {sigma: 3}\n"),
+       "s.yaml:8:13: detection.sigma: unknown key"},
       {Spec("parameters: {optim.lr: {values: [1e-3]}}\nmax_attempts: 0\n"),
        "s.yaml:8:15: max_attempts: must be >= 1, got 0"},
       {Spec("parameters: {optim.lr: {values: [1e-3]}}\nresources: {gpus: 1}\n"),

@@ -66,10 +66,31 @@ TEST(StoreTest, CreatesAndMigratesTheSchema) {
   EXPECT_NE(newer.status().message().find("newer than this sweepd"), std::string::npos);
 }
 
+// What migration 3 adds, undone: a file as schema 2 left it.
+constexpr char kUndoMigration3[] = R"sql(
+  DROP VIEW trial_summary;
+  DROP TABLE spikes;
+  DROP TABLE rungs;
+  ALTER TABLE sweeps DROP COLUMN early_terminate;
+  ALTER TABLE sweeps DROP COLUMN detection;
+  ALTER TABLE trials DROP COLUMN divergence_step;
+  ALTER TABLE trials DROP COLUMN divergence_reason;
+  ALTER TABLE trials DROP COLUMN stop_reason;
+  ALTER TABLE trials DROP COLUMN asha_exempt;
+  CREATE VIEW trial_summary AS
+  SELECT t.id AS trial_id, s.name AS sweep, t.trial_key, t.params, t.state, t.attempt,
+         t.last_step, t.final_metric, t.best_metric, s.metric_name, s.metric_goal,
+         t.diverged_step, t.checkpoint_step, t.error, t.started_at, t.finished_at
+  FROM trials t JOIN sweeps s ON s.id = t.sweep_id;
+  PRAGMA user_version = 2;
+)sql";
+
 TEST(StoreTest, MigratesAVersion1FileToBestMetric) {
   const std::string path = TempDb();
   {
     Submitted s = Submit(path);
+    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigration3, nullptr, nullptr, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(s.store->db());
     // Turn the file back into what schema 1 left: no best_metric, the old trial_summary.
     ASSERT_EQ(sqlite3_exec(s.store->db(), R"sql(
       DROP VIEW trial_summary;
@@ -88,7 +109,7 @@ TEST(StoreTest, MigratesAVersion1FileToBestMetric) {
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
   ASSERT_OK(store);
   sqlite3* db = (*store)->db();
-  EXPECT_EQ(*(*store)->SchemaVersion(), 2);
+  EXPECT_EQ(*(*store)->SchemaVersion(), kSchemaVersion);
   // Nothing lost; the new column is there, empty, and in trial_summary after final_metric.
   EXPECT_EQ(QueryScalar(db, "SELECT COUNT(*) FROM trials"), "6");
   EXPECT_EQ(QueryScalar(db, "SELECT final_metric FROM trial_summary WHERE trial_id = 1"), "2.5");
@@ -104,6 +125,66 @@ TEST(StoreTest, MigratesAVersion1FileToBestMetric) {
   EXPECT_EQ(trial->best_metric.value_or(0), 2.25);
   EXPECT_EQ(trial->attempt_errors_json, "[]");
   EXPECT_EQ(QueryScalar(db, "PRAGMA integrity_check"), "ok");
+}
+
+TEST(StoreTest, MigratesAVersion2FileToDetectionAndEarlyTermination) {
+  const std::string path = TempDb();
+  {
+    Submitted s = Submit(path);
+    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigration3, nullptr, nullptr, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(s.store->db());
+  }
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  ASSERT_OK(store);
+  sqlite3* db = (*store)->db();
+  EXPECT_EQ(*(*store)->SchemaVersion(), 3);
+  // The spikes table as the analysis reads it.
+  EXPECT_EQ(QueryScalar(
+                db,
+                "SELECT group_concat(name || ' ' || type || ' ' || \"notnull\" || ' ' || pk, ', ') "
+                "FROM pragma_table_info('spikes')"),
+            "trial_id INTEGER 1 1, name TEXT 1 2, step INTEGER 1 3, value REAL 1 0, z REAL 1 0, "
+            "mean REAL 1 0, in_warmup INTEGER 1 0, attempt INTEGER 1 0");
+  EXPECT_NE(
+      QueryScalar(db, "SELECT sql FROM sqlite_master WHERE name = 'spikes'").find("WITHOUT ROWID"),
+      std::string::npos);
+  // A sweep from before keeps its behaviour: no early termination, default detection.
+  EXPECT_EQ(QueryScalar(db, "SELECT early_terminate || ' ' || detection FROM sweeps"), "[] {}");
+  EXPECT_EQ(QueryScalar(db,
+                        "SELECT COUNT(*) FROM trials WHERE asha_exempt = 0 AND "
+                        "divergence_step IS NULL AND stop_reason IS NULL"),
+            "6");
+  EXPECT_EQ(QueryScalar(db,
+                        "SELECT group_concat(name) FROM pragma_table_info('trial_summary') "
+                        "WHERE name LIKE 'diverge%'"),
+            "diverged_step,divergence_step,divergence_reason");
+  EXPECT_EQ(QueryScalar(db, "PRAGMA integrity_check"), "ok");
+}
+
+TEST(StoreTest, SweepsKeepTheirEarlyTerminateRulesAndDetectionSettings) {
+  std::unique_ptr<Store> store = *Store::Open(TempDb());
+  SweepSpec spec = *ParseSweepSpec(
+      std::string(kSpec) +
+          "early_terminate: [{type: divergence}, {type: asha, min_steps: 20, eta: 2}]\n"
+          "detection: {window: 64, z: 5}\n",
+      "et.yaml");
+  ASSERT_OK(store->SubmitSweep(spec, *ExpandSweep(spec), 1.0));
+  const std::string rules = QueryScalar(store->db(), "SELECT early_terminate FROM sweeps");
+  absl::StatusOr<std::vector<EarlyTerminateRule>> back = EarlyTerminateFromJson(rules);
+  ASSERT_OK(back);
+  ASSERT_EQ(back->size(), 2u);
+  EXPECT_EQ((*back)[0].type, "divergence");
+  EXPECT_EQ((*back)[1].type, "asha");
+  EXPECT_EQ((*back)[1].min_steps, 20);
+  EXPECT_EQ((*back)[1].eta, 2);
+  absl::StatusOr<DetectionOptions> detection =
+      DetectionFromJson(QueryScalar(store->db(), "SELECT detection FROM sweeps"));
+  ASSERT_OK(detection);
+  EXPECT_EQ(detection->window, 64);
+  EXPECT_EQ(detection->z, 5);
+  EXPECT_EQ(detection->min_values, 20);
+  EXPECT_EQ(DetectionFromJson("{}")->window, 128);
+  EXPECT_FALSE(DetectionFromJson("[").ok());
 }
 
 TEST(StoreTest, SubmittingTwiceAttachesAndNeverDuplicatesTrials) {
