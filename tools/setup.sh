@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package sweep needs, builds it and prepares the bundled corpus.
+# Installs every Debian 12 package sweep needs, builds it and prepares the bundled corpora
+# (KJV, and fortunes for sweeps/data_lr.yaml).
 # Idempotent and non-interactive; run as root (or with sudo) on a fresh Debian 12 machine.
 #
 #   tools/setup.sh                 # packages, build (./build), corpus
@@ -45,6 +46,9 @@ packages=(
   python3-optuna
   # the bundled corpus: the King James Bible
   bible-kjv
+  # a second English corpus for sweeps/data_lr.yaml: the fortune cookie files (~15,000
+  # quotations, jokes and poems; pulls in fortunes-min)
+  fortunes
 )
 
 missing=()
@@ -69,5 +73,14 @@ if ((build)); then
     echo "setup.sh: corpus present in $data_root/kjv"
   else
     "$BUILD_DIR/sweep-prepare-data" kjv --out "$data_root"
+  fi
+  # fortunes: one document per fortune (the files separate them with a line "%"; blank lines
+  # inside a fortune are dropped so that each stays one document), every 40th held out.
+  if [ -s "$data_root/fortunes/fortunes.chunk.00.jsonl" ] && [ -s "$data_root/fortunes/fortunes.val.jsonl" ]; then
+    echo "setup.sh: corpus present in $data_root/fortunes"
+  else
+    find /usr/share/games/fortunes -maxdepth 1 -type f ! -name '*.dat' | LC_ALL=C sort | xargs cat |
+      awk '/^%$/ {print ""; next} /^[[:space:]]*$/ {next} {print}' |
+      "$BUILD_DIR/sweep-prepare-data" text - --name fortunes --out "$data_root"
   fi
 fi

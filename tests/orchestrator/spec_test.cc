@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "tests/testing/status.h"
 
@@ -24,18 +27,46 @@ TEST(SpecTest, TheBundledDepthLrSpecExpandsToItsGrid) {
   absl::StatusOr<SweepSpec> spec = LoadSweepSpec(std::string(SWEEP_SOURCE_DIR) + "/sweeps/depth_lr.yaml");
   ASSERT_OK(spec);
   EXPECT_EQ(spec->name, "depth_lr");
-  EXPECT_EQ(GridSize(*spec), 25);
+  // 4 seeds x 3 depths x 3 learning rates, sized for 2 cores (see the spec's comment).
+  EXPECT_EQ(GridSize(*spec), 36);
   absl::StatusOr<std::vector<TrialSpec>> trials = ExpandSweep(*spec);
   ASSERT_OK(trials);
-  ASSERT_EQ(trials->size(), 25u);
-  EXPECT_EQ((*trials)[0].trial_key, "model.n_layers=2,optim.lr=0.001");
-  EXPECT_EQ((*trials)[24].trial_key, "model.n_layers=10,optim.lr=0.1");
+  ASSERT_EQ(trials->size(), 36u);
+  // Seed outermost, deepest first within a seed: the longest trials start first.
+  EXPECT_EQ((*trials)[0].trial_key, "model.n_layers=10,optim.lr=0.01,seed=0");
+  EXPECT_EQ((*trials)[35].trial_key, "model.n_layers=2,optim.lr=0.1,seed=3");
   std::set<std::string> keys;
   for (const TrialSpec& t : *trials) keys.insert(t.trial_key);
-  EXPECT_EQ(keys.size(), 25u);
-  EXPECT_NE((*trials)[24].config_yaml.find("n_layers: 10"), std::string::npos);
+  EXPECT_EQ(keys.size(), 36u);
+  EXPECT_NE((*trials)[0].config_yaml.find("n_layers: 10"), std::string::npos);
+  EXPECT_NE((*trials)[0].config_yaml.find("init_std_factor: disabled"), std::string::npos);
   ASSERT_EQ(spec->early_terminate.size(), 1u);
   EXPECT_EQ(spec->early_terminate[0].type, "divergence");
+}
+
+// Every example in sweeps/ must stay submittable: it parses, validates against the trainer's
+// schema and expands to distinct trials (the GPU-cluster one included, although nothing runs
+// it here).
+TEST(SpecTest, EveryBundledSweepParsesAndExpands) {
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(SWEEP_SOURCE_DIR) + "/sweeps")) {
+    if (entry.path().extension() == ".yaml") files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  ASSERT_GE(files.size(), 7u);  // depth_lr, depth_fix, data_lr, lr_wd, batch_lr, width_lr, lingua_1b_depth
+  for (const std::filesystem::path& file : files) {
+    SCOPED_TRACE(file.string());
+    absl::StatusOr<SweepSpec> spec = LoadSweepSpec(file.string());
+    ASSERT_OK(spec);
+    EXPECT_EQ(spec->name, file.stem().string());
+    absl::StatusOr<std::vector<TrialSpec>> trials = ExpandSweep(*spec);
+    ASSERT_OK(trials);
+    ASSERT_FALSE(trials->empty());
+    EXPECT_EQ(static_cast<int64_t>(trials->size()), GridSize(*spec));
+    std::set<std::string> keys;
+    for (const TrialSpec& t : *trials) keys.insert(t.trial_key);
+    EXPECT_EQ(keys.size(), trials->size());
+  }
 }
 
 TEST(SpecTest, DetectionSettingsDefaultToOlmoCoresAndCanBeChanged) {
