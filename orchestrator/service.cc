@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "analysis/analysis.h"
 #include "orchestrator/sql.h"
 
 namespace sweep::orchestrator {
@@ -302,6 +303,42 @@ grpc::Status OrchestratorService::WatchSweep(grpc::ServerContext* context,
     if (batch.empty() && (state == "completed" || state == "cancelled")) return grpc::Status::OK;
     if (batch.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  return grpc::Status::OK;
+}
+
+// The analysis reads on its own read-only connection, outside the lock: WAL gives it a
+// consistent snapshot while sweepd goes on writing. Only storing the result takes the lock.
+grpc::Status OrchestratorService::AnalyzeSweep(grpc::ServerContext* context,
+                                               const v1::AnalyzeSweepRequest* request,
+                                               v1::AnalyzeSweepResponse* response) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  int64_t sweep_id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::StatusOr<SweepRow> sweep = store_->GetSweep(request->sweep());
+    if (!sweep.ok()) return ToGrpc(sweep.status());
+    sweep_id = sweep->id;
+  }
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(options_.db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    const std::string error = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return grpc::Status(grpc::StatusCode::INTERNAL, "analysis: cannot open the database: " + error);
+  }
+  sqlite3_busy_timeout(db, 5000);
+  analysis::AnalysisOptions options;
+  options.group_by.assign(request->group_by().begin(), request->group_by().end());
+  absl::StatusOr<analysis::SweepAnalysis> result = analysis::AnalyzeSweep(db, sweep_id, options);
+  sqlite3_close(db);
+  if (!result.ok()) return ToGrpc(result.status());
+  const std::string json = analysis::ToJson(*result).dump();
+  response->set_json(json);
+  response->set_text(analysis::RenderText(*result));
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<int64_t> id =
+      store_->RecordAnalysis(clock_->Now(), sweep_id, nlohmann::json(options.group_by).dump(), json);
+  if (!id.ok()) return ToGrpc(id.status());
+  response->set_analysis_id(*id);
   return grpc::Status::OK;
 }
 

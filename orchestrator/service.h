@@ -64,6 +64,8 @@ class OrchestratorService final : public sweep::v1::Orchestrator::Service {
                           grpc::ServerWriter<v1::Event>* writer) override;
   grpc::Status Query(grpc::ServerContext* context, const v1::QueryRequest* request,
                      v1::QueryResponse* response) override;
+  grpc::Status AnalyzeSweep(grpc::ServerContext* context, const v1::AnalyzeSweepRequest* request,
+                            v1::AnalyzeSweepResponse* response) override;
   grpc::Status RegisterWorker(grpc::ServerContext* context,
                               const v1::RegisterWorkerRequest* request,
                               v1::RegisterWorkerResponse* response) override;

@@ -204,6 +204,18 @@ SELECT t.id AS trial_id, s.name AS sweep, t.trial_key, t.params, t.state, t.atte
        t.divergence_step, t.divergence_reason
 FROM trials t JOIN sweeps s ON s.id = t.sweep_id;
 )sql",
+    // 4: analyses (sweepctl analyze, AnalyzeSweep), kept for the dashboard: the newest per
+    // sweep is the current one.
+    R"sql(
+CREATE TABLE analyses (
+  id         INTEGER PRIMARY KEY,
+  sweep_id   INTEGER NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+  created_at REAL NOT NULL,
+  group_by   TEXT NOT NULL,
+  result     TEXT NOT NULL
+);
+CREATE INDEX analyses_by_sweep ON analyses (sweep_id, id);
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion, "one migration per schema version");
 
@@ -552,6 +564,20 @@ absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows,
   }
   if (absl::Status s = Exec("COMMIT"); !s.ok()) return fail(s);
   return added;
+}
+
+absl::StatusOr<int64_t> Store::RecordAnalysis(double time, int64_t sweep_id,
+                                              const std::string& group_by_json,
+                                              const std::string& result_json) {
+  Statement st(db_,
+               "INSERT INTO analyses (sweep_id, created_at, group_by, result) VALUES (?, ?, ?, ?)");
+  if (!st.status().ok()) return st.status();
+  st.Bind(1, sweep_id);
+  st.Bind(2, time);
+  st.Bind(3, group_by_json);
+  st.Bind(4, result_json);
+  if (st.Step() != SQLITE_DONE) return st.Error("storing an analysis");
+  return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
 }
 
 absl::Status Store::RecordEvent(double time, int64_t sweep_id, int64_t trial_id,

@@ -36,7 +36,7 @@ struct sqlite3;
 
 namespace sweep::orchestrator {
 
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 // trials.stop_requested: why the trial's worker is told to stop it (heartbeat replies).
 enum StopCode : int {
@@ -113,6 +113,10 @@ class Store {
   using NewMetricsHook = std::function<absl::Status(const std::vector<MetricRow>& added)>;
   absl::StatusOr<int64_t> InsertMetrics(const std::vector<MetricRow>& rows,
                                         const NewMetricsHook& on_new = nullptr);
+
+  // Stores a sweep analysis (JSON); returns its id.
+  absl::StatusOr<int64_t> RecordAnalysis(double time, int64_t sweep_id, const std::string& group_by_json,
+                                         const std::string& result_json);
 
   // Appends to the audit log. Ids of 0 are stored as NULL.
   absl::Status RecordEvent(double time, int64_t sweep_id, int64_t trial_id, int64_t worker_id,

@@ -67,7 +67,8 @@ TEST(StoreTest, CreatesAndMigratesTheSchema) {
 }
 
 // What migration 3 adds, undone: a file as schema 2 left it.
-constexpr char kUndoMigration3[] = R"sql(
+constexpr char kUndoMigrations3And4[] = R"sql(
+  DROP TABLE analyses;
   DROP VIEW trial_summary;
   DROP TABLE spikes;
   DROP TABLE rungs;
@@ -89,7 +90,7 @@ TEST(StoreTest, MigratesAVersion1FileToBestMetric) {
   const std::string path = TempDb();
   {
     Submitted s = Submit(path);
-    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigration3, nullptr, nullptr, nullptr), SQLITE_OK)
+    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3And4, nullptr, nullptr, nullptr), SQLITE_OK)
         << sqlite3_errmsg(s.store->db());
     // Turn the file back into what schema 1 left: no best_metric, the old trial_summary.
     ASSERT_EQ(sqlite3_exec(s.store->db(), R"sql(
@@ -131,13 +132,13 @@ TEST(StoreTest, MigratesAVersion2FileToDetectionAndEarlyTermination) {
   const std::string path = TempDb();
   {
     Submitted s = Submit(path);
-    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigration3, nullptr, nullptr, nullptr), SQLITE_OK)
+    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3And4, nullptr, nullptr, nullptr), SQLITE_OK)
         << sqlite3_errmsg(s.store->db());
   }
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
   ASSERT_OK(store);
   sqlite3* db = (*store)->db();
-  EXPECT_EQ(*(*store)->SchemaVersion(), 3);
+  EXPECT_EQ(*(*store)->SchemaVersion(), kSchemaVersion);
   // The spikes table as the analysis reads it.
   EXPECT_EQ(QueryScalar(
                 db,

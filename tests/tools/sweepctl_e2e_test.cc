@@ -251,6 +251,14 @@ TEST_F(SweepctlVerbsTest, EveryVerbDoesWhatItsHelpSays) {
   EXPECT_NE(ReadFileOrEmpty(dir_ + "/export-csv/" + std::to_string(best) + "/metrics.csv").find("40,loss/out,"),
             std::string::npos);
 
+  // The analysis: verdicts per group (n_layers), stored for the dashboard.
+  ASSERT_EQ(Verb({"analyze", "verbs"}), 0) << err_;
+  EXPECT_NE(out_.find("Verdicts"), std::string::npos) << out_;
+  EXPECT_NE(out_.find("n_layers=2: diverges above lr 1e-2"), std::string::npos) << out_;
+  ASSERT_EQ(Verb({"analyze", "verbs", "--json"}), 0) << err_;
+  EXPECT_TRUE(Json().is_object());
+  EXPECT_EQ(Db(dir_ + "/sweep.db", "SELECT COUNT(*) FROM analyses"), "2");
+
   ASSERT_EQ(Verb({"workers", "--format", "json"}), 0);
   EXPECT_EQ(Json()[0]["name"], "w1");
 

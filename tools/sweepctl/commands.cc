@@ -13,6 +13,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "tools/sweepctl/sweep_view.h"
 
 namespace sweep::ctl {
@@ -167,6 +169,19 @@ int Watch(Client& client, const std::string& sweep, const std::atomic<int>& inte
 int Summary(Client& client, const std::string& sweep, Format format) {
   absl::Status s = PrintSummary(client, sweep, format);
   return s.ok() ? kExitOk : Fail(s);
+}
+
+int Analyze(Client& client, const std::string& sweep, const std::string& group_by, bool json) {
+  v1::AnalyzeSweepRequest req;
+  req.set_sweep(sweep);
+  for (absl::string_view key : absl::StrSplit(group_by, ',', absl::SkipEmpty())) {
+    req.add_group_by(std::string(absl::StripAsciiWhitespace(key)));
+  }
+  v1::AnalyzeSweepResponse resp;
+  grpc::Status s = client.stub().AnalyzeSweep(client.Context(120).get(), req, &resp);
+  if (!s.ok()) return Fail(s, "analyze " + sweep);
+  std::fputs((json ? resp.json() + "\n" : resp.text()).c_str(), stdout);
+  return kExitOk;
 }
 
 int Trials(Client& client, const std::string& sweep, const std::string& state,

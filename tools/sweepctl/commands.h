@@ -16,6 +16,9 @@ int ListSweeps(Client& client, Format format);
 int Status(Client& client, const std::string& sweep, Format format);
 int Watch(Client& client, const std::string& sweep, const std::atomic<int>& interrupts);
 int Summary(Client& client, const std::string& sweep, Format format);
+// sweepd's analysis of the sweep (also stored for the dashboard): tables and verdicts, or the
+// whole result as JSON. `group_by`: comma-separated keys (empty: all but the lr and the seed).
+int Analyze(Client& client, const std::string& sweep, const std::string& group_by, bool json);
 int Trials(Client& client, const std::string& sweep, const std::string& state,
            const std::string& sort_metric, Format format);
 int Show(Client& client, int64_t trial, Format format);

@@ -246,6 +246,14 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
   std::printf("\n");
   absl::Status summary = PrintSummary(client, sweep.name(), options.format);
   if (!summary.ok()) std::fprintf(stderr, "sweepctl: summary: %s\n", std::string(summary.message()).c_str());
+  v1::AnalyzeSweepRequest analyze;
+  analyze.set_sweep(sweep.name());
+  v1::AnalyzeSweepResponse analysis;
+  if (grpc::Status s = client.stub().AnalyzeSweep(client.Context(120).get(), analyze, &analysis); s.ok()) {
+    std::printf("\nanalysis (sweepctl analyze %s):\n%s", sweep.name().c_str(), analysis.text().c_str());
+  } else {
+    std::fprintf(stderr, "sweepctl: analysis: %s\n", s.error_message().c_str());
+  }
   std::printf("\ndatabase: %s (sqlite3 %s, or `sweepctl query` while sweepd runs)\n"
               "trial folders and logs: %s/work/<sweep>/<trial>/attempt-<n>/, %s/logs/\n",
               db.c_str(), db.c_str(), dir.c_str(), dir.c_str());

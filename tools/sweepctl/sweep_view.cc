@@ -181,7 +181,8 @@ absl::StatusOr<std::string> FollowSweep(Client& client, const std::string& sweep
     return keys[trial] = ok ? t.trial_key() : "";
   };
   static const std::set<std::string> kShown = {"completed", "diverged", "failed", "stopped",
-                                               "cancelled", "requeued", "released"};
+                                               "cancelled", "requeued", "released",
+                                               "divergence_detected", "early_stop"};
   std::string state = "running";
   double last_line = 0;
   int64_t last_finished = -1;
@@ -339,16 +340,20 @@ absl::Status PrintSummary(Client& client, const std::string& sweep, Format forma
                 Render(peaks_table, format).c_str());
   }
 
+  // The spikes sweepd detected on ingest (its `detection:` rule; by default > 6 sigma over the
+  // previous 128 steps, as OLMo-core).
   absl::StatusOr<Table> spikes = client.Query(
-      "SELECT s.trial_id AS trial, t.trial_key, s.step, printf('%.3g', s.value) AS grad_norm, "
-      "printf('%.1f', s.z) AS z FROM grad_norm_spikes s JOIN trials t ON t.id = s.trial_id "
-      "WHERE t.sweep_id = " + id + " ORDER BY s.z DESC LIMIT 10");
+      "SELECT s.trial_id AS trial, t.trial_key, s.step, CASE s.in_warmup WHEN 1 THEN 'yes' ELSE 'no' END "
+      "AS in_warmup, printf('%.3g', s.value) AS grad_norm, printf('%.1f', s.z) AS z FROM spikes s "
+      "JOIN trials t ON t.id = s.trial_id WHERE t.sweep_id = " + id +
+      " AND s.name = 'optim/grad_norm' ORDER BY s.z DESC LIMIT 10");
   absl::StatusOr<Table> spike_count = client.Query(
-      "SELECT COUNT(*), COUNT(DISTINCT s.trial_id) FROM grad_norm_spikes s JOIN trials t ON "
-      "t.id = s.trial_id WHERE t.sweep_id = " + id);
+      "SELECT COUNT(*), COUNT(DISTINCT s.trial_id), COALESCE(SUM(s.in_warmup = 0), 0) FROM spikes s "
+      "JOIN trials t ON t.id = s.trial_id WHERE t.sweep_id = " + id + " AND s.name = 'optim/grad_norm'");
   if (spikes.ok() && spike_count.ok() && !spike_count->rows.empty()) {
-    std::printf("\ngrad-norm spikes (> 6 sigma over the previous 128 steps): %s in %s trial(s)\n",
-                spike_count->rows[0][0].c_str(), spike_count->rows[0][1].c_str());
+    std::printf("\ngrad-norm spikes: %s in %s trial(s), %s of them after warmup\n",
+                spike_count->rows[0][0].c_str(), spike_count->rows[0][1].c_str(),
+                spike_count->rows[0][2].c_str());
     if (!spikes->rows.empty()) std::printf("%s", Render(*spikes, format).c_str());
   }
   return absl::OkStatus();

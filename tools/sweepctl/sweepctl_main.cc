@@ -110,6 +110,18 @@ int main(int argc, char** argv) {
   CLI::App* summary = app.add_subcommand(
       "summary", "Final metric and peak grad norm per parameter cell x lr, and the largest spikes");
   summary->add_option("sweep", sweep, "Sweep name or id")->required();
+  std::string group_by;
+  bool analyze_json = false;
+  CLI::App* analyze = app.add_subcommand(
+      "analyze",
+      "Per group: best lr (quadratic fit, with its interval), near-optimal band, largest stable lr,\n"
+      "spikes, LR sensitivity; power laws across groups extrapolated to Lingua's 1B/7B beside\n"
+      "published settings; verdicts (docs/analysis.md). Stored for the dashboard.\n"
+      "  sweepctl analyze depth_lr\n"
+      "  sweepctl analyze width_lr --group-by model.dim --json");
+  analyze->add_option("sweep", sweep, "Sweep name or id")->required();
+  analyze->add_option("--group-by", group_by, "Comma-separated keys that make a group");
+  analyze->add_flag("--json", analyze_json, "The whole result as JSON");
   CLI::App* trials = app.add_subcommand("trials", "A sweep's trials\n"
                                                   "  sweepctl trials depth_lr --state diverged\n"
                                                   "  sweepctl trials depth_lr --sort loss/val   (-NAME: descending)");
@@ -164,6 +176,7 @@ int main(int argc, char** argv) {
   if (status->parsed()) return Status(client, sweep, *format);
   if (watch->parsed()) return Watch(client, sweep, interrupts);
   if (summary->parsed()) return Summary(client, sweep, *format);
+  if (analyze->parsed()) return Analyze(client, sweep, group_by, analyze_json || *format == Format::kJson);
   if (trials->parsed()) return Trials(client, sweep, state, sort, *format);
   if (show->parsed()) return Show(client, trial, *format);
   if (logs->parsed()) return Logs(client, trial, follow, log_file, interrupts);
