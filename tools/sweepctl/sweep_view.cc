@@ -261,16 +261,36 @@ absl::Status PrintSummary(Client& client, const std::string& sweep, Format forma
     if (!row[1].empty()) peak[ToInt(row[0])] = ToDouble(row[1]);
   }
 
+  std::set<int64_t> spiking_trials;
+  absl::StatusOr<Table> spiking = client.Query(
+      "SELECT DISTINCT s.trial_id FROM spikes s JOIN trials t ON t.id = s.trial_id WHERE t.sweep_id = " + id +
+      " AND s.name = 'optim/grad_norm' AND s.in_warmup = 0");
+  if (spiking.ok()) {
+    for (const auto& row : spiking->rows) spiking_trials.insert(ToInt(row[0]));
+  }
+
   // Cells: every parameter but the lr and the seed; columns: the lr; seeds fold into a cell.
   struct Cell {
     std::vector<double> finals;
     int diverged = 0, failed = 0, n = 0;
-    double peak = NAN;
+    std::vector<double> peaks;  // per trial
+    int spiking = 0;            // trials with a post-warmup spike (sweepd's detector)
   };
   const std::string lr_key = "optim.lr";
   std::vector<std::string> row_keys;
   std::set<double> lrs;
-  std::map<std::vector<std::string>, std::map<double, Cell>> cells;
+  // Rows in numeric order where the values are numbers (2, 6, 10; not "10", "2", "6").
+  struct NumericOrder {
+    bool operator()(const std::vector<std::string>& a, const std::vector<std::string>& b) const {
+      for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+        double x, y;
+        const bool numbers = absl::SimpleAtod(a[i], &x) && absl::SimpleAtod(b[i], &y);
+        if (numbers ? x != y : a[i] != b[i]) return numbers ? x < y : a[i] < b[i];
+      }
+      return a.size() < b.size();
+    }
+  };
+  std::map<std::vector<std::string>, std::map<double, Cell>, NumericOrder> cells;
   bool has_lr = false;
   int seeds = 0;
   std::set<std::string> seen_seeds;
@@ -296,21 +316,24 @@ absl::Status PrintSummary(Client& client, const std::string& sweep, Format forma
     if (state == "failed") ++cell.failed;
     if (state == "completed" && !trials->nulls[r][3]) cell.finals.push_back(ToDouble(row[3]));
     auto pk = peak.find(ToInt(row[0]));
-    if (pk != peak.end()) cell.peak = std::isnan(cell.peak) ? pk->second : std::max(cell.peak, pk->second);
+    if (pk != peak.end()) cell.peaks.push_back(pk->second);
+    if (spiking_trials.count(ToInt(row[0]))) ++cell.spiking;
   }
   seeds = static_cast<int>(seen_seeds.size());
   if (has_lr && !cells.empty()) {
-    Table finals, peaks_table;
+    Table finals, peaks_table, spikes_table;
     finals.columns = row_keys;
     for (double lr : lrs) finals.columns.push_back("lr=" + Number(lr, 3));
     peaks_table.columns = finals.columns;
+    spikes_table.columns = finals.columns;
     for (const auto& [rk, by_lr] : cells) {
-      std::vector<std::string> f = rk, g = rk;
+      std::vector<std::string> f = rk, g = rk, s = rk;
       for (double lr : lrs) {
         auto it = by_lr.find(lr);
         if (it == by_lr.end()) {
           f.push_back("");
           g.push_back("");
+          s.push_back("");
           continue;
         }
         const Cell& c = it->second;
@@ -326,18 +349,31 @@ absl::Status PrintSummary(Client& client, const std::string& sweep, Format forma
           text += absl::StrCat(text.empty() ? "" : " ", "(", c.failed, "/", c.n, " failed)");
         }
         f.push_back(text);
-        g.push_back(std::isnan(c.peak) ? "" : Number(c.peak, 3));
+        if (c.peaks.empty()) {
+          g.push_back("");
+        } else {
+          std::vector<double> sorted = c.peaks;
+          std::sort(sorted.begin(), sorted.end());
+          const double median = sorted.size() % 2 ? sorted[sorted.size() / 2]
+                                                   : 0.5 * (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]);
+          g.push_back(sorted.size() > 1 ? absl::StrCat(Number(median, 3), " / ", Number(sorted.back(), 3))
+                                        : Number(median, 3));
+        }
+        s.push_back(absl::StrCat(c.spiking, "/", c.n));
       }
       finals.rows.push_back(f);
       peaks_table.rows.push_back(g);
+      spikes_table.rows.push_back(s);
     }
     const std::string folded = seeds > 1 ? absl::StrCat(", mean over ", seeds, " seeds") : "";
     std::printf("\nfinal %s by %s x lr%s:\n%s", metric.c_str(),
                 row_keys.empty() ? "trial" : absl::StrJoin(row_keys, ", ").c_str(), folded.c_str(),
                 Render(finals, format).c_str());
     std::printf("\npeak grad norm after warmup%s:\n%s",
-                seeds > 1 ? absl::StrCat(", max over ", seeds, " seeds").c_str() : "",
+                seeds > 1 ? absl::StrCat(", median / max over ", seeds, " seeds").c_str() : "",
                 Render(peaks_table, format).c_str());
+    std::printf("\ntrials with a grad-norm spike after warmup (sweepd's detector):\n%s",
+                Render(spikes_table, format).c_str());
   }
 
   // The spikes sweepd detected on ingest (its `detection:` rule; by default > 6 sigma over the
