@@ -106,14 +106,7 @@ class EarlyTerminationE2eTest : public ::testing::Test {
         timeout);
   }
 
-  std::string Db(const std::string& sql) {
-    sqlite3* db = nullptr;
-    sqlite3_open_v2((dir_ + "/sweep.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
-    sqlite3_busy_timeout(db, 2000);
-    const std::string out = QueryScalar(db, sql);
-    sqlite3_close(db);
-    return out;
-  }
+  std::string Db(const std::string& sql) { return sweep::testing::QueryScalarAt(dir_ + "/sweep.db", sql); }
 
   // A column of the trial with this lr (a number, compared as one).
   std::string Trial(const std::string& lr, const std::string& column) {

@@ -21,6 +21,17 @@ inline std::string QueryScalar(sqlite3* db, const std::string& sql) {
   return out;
 }
 
+// QueryScalar on a read-only connection to the database at `path` (which a live sweepd may be
+// writing: WAL, and a busy timeout).
+inline std::string QueryScalarAt(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_busy_timeout(db, 2000);
+  const std::string out = QueryScalar(db, sql);
+  sqlite3_close(db);
+  return out;
+}
+
 }  // namespace sweep::testing
 
 #endif  // SWEEP_TESTS_TESTING_SQLITE_H_

@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -85,6 +87,20 @@ std::string MakeTempDir(const std::string& prefix) {
   std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/" + prefix + "-XXXXXX";
   if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   return tmpl;
+}
+
+int LiveProcessesMentioning(const std::string& text, const std::string& ignore) {
+  int found = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string cmdline = ReadFileOrEmpty(entry.path().string() + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    const bool zombie = ReadFileOrEmpty(entry.path().string() + "/stat").find(") Z") != std::string::npos;
+    if (!zombie && cmdline.find(text) != std::string::npos &&
+        (ignore.empty() || cmdline.find(ignore) == std::string::npos)) {
+      ++found;
+    }
+  }
+  return found;
 }
 
 bool MakeSelfSignedCertificate(const std::string& dir) {

@@ -47,6 +47,10 @@ std::string MakeTempDir(const std::string& prefix);
 // localhost (openssl); returns false, with openssl's output in <dir>/openssl.log, if it fails.
 bool MakeSelfSignedCertificate(const std::string& dir);
 
+// Live (not zombie) processes whose command line contains `text` and not `ignore` (when
+// given): what a test checks to prove nothing outlived its supervisor.
+int LiveProcessesMentioning(const std::string& text, const std::string& ignore = "");
+
 }  // namespace sweep::testing
 
 #endif  // SWEEP_TESTS_TESTING_SUBPROCESS_H_

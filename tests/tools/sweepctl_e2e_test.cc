@@ -77,16 +77,7 @@ class SweepctlTest : public ::testing::Test {
   }
 
   int ProcessesMentioning(const std::string& text) {
-    int found = 0;
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-      std::string cmdline = ReadFileOrEmpty(entry.path().string() + "/cmdline");
-      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-      const bool zombie = ReadFileOrEmpty(entry.path().string() + "/stat").find(") Z") != std::string::npos;
-      if (!zombie && cmdline.find(text) != std::string::npos && cmdline.find("sweepctl") == std::string::npos) {
-        ++found;
-      }
-    }
-    return found;
+    return sweep::testing::LiveProcessesMentioning(text, /*ignore=*/"sweepctl");
   }
 
   std::string dir_, out_, err_;

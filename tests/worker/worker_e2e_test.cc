@@ -122,27 +122,10 @@ class WorkerE2eTest : public ::testing::Test {
                    timeout);
   }
 
-  std::string Db(const std::string& sql) {
-    sqlite3* db = nullptr;
-    sqlite3_open_v2((dir_ + "/sweep.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
-    sqlite3_busy_timeout(db, 2000);
-    const std::string out = QueryScalar(db, sql);
-    sqlite3_close(db);
-    return out;
-  }
+  std::string Db(const std::string& sql) { return sweep::testing::QueryScalarAt(dir_ + "/sweep.db", sql); }
 
   // Processes whose command line mentions this test's work directory.
-  int ProcessesUnderWorkdir() {
-    int found = 0;
-    for (const auto& entry : fs::directory_iterator("/proc")) {
-      std::string cmdline = ReadFileOrEmpty(entry.path().string() + "/cmdline");
-      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-      const std::string stat = ReadFileOrEmpty(entry.path().string() + "/stat");
-      const bool zombie = stat.find(") Z") != std::string::npos;
-      found += !zombie && cmdline.find(dir_ + "/work") != std::string::npos ? 1 : 0;
-    }
-    return found;
-  }
+  int ProcessesUnderWorkdir() { return sweep::testing::LiveProcessesMentioning(dir_ + "/work"); }
 
   // A trial's stored loss/out by step.
   std::map<int64_t, double> StoredLosses(const std::string& trial_id) {
