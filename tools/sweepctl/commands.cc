@@ -151,17 +151,8 @@ int Status(Client& client, const std::string& sweep, Format format) {
 }
 
 int Watch(Client& client, const std::string& sweep, const std::atomic<int>& interrupts) {
-  std::atomic<bool> stop{false};
-  std::thread watcher([&] {
-    while (!stop.load()) {
-      if (interrupts.load() > 0) stop = true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  });
-  absl::StatusOr<std::string> state = FollowSweep(client, sweep, stop);
+  absl::StatusOr<std::string> state = FollowSweep(client, sweep, interrupts);
   const bool interrupted = interrupts.load() > 0;
-  stop = true;
-  watcher.join();
   if (!state.ok()) return Fail(state.status());
   return interrupted ? kExitInterrupted : kExitOk;
 }

@@ -195,16 +195,7 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
   }
 
   // 5. Progress until the sweep ends or Ctrl-C.
-  std::atomic<bool> stop{false};
-  std::thread watcher([&] {
-    while (!stop.load()) {
-      if (interrupts.load() > 0) stop = true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  });
-  absl::StatusOr<std::string> state = FollowSweep(client, sweep.name(), stop);
-  stop = true;
-  watcher.join();
+  absl::StatusOr<std::string> state = FollowSweep(client, sweep.name(), interrupts);
   if (!state.ok()) {
     std::fprintf(stderr, "sweepctl: %s\n", std::string(state.status().message()).c_str());
     return ExitCodeFor(state.status());

@@ -149,7 +149,7 @@ std::string ProgressLine(const Progress& p, bool terminal) {
 }
 
 absl::StatusOr<std::string> FollowSweep(Client& client, const std::string& sweep,
-                                        const std::atomic<bool>& stop) {
+                                        const std::atomic<int>& interrupts) {
   const bool terminal = StdoutIsTerminal();
   // The watch stream, read on its own thread; the main loop prints and redraws.
   std::mutex mu;
@@ -217,7 +217,7 @@ absl::StatusOr<std::string> FollowSweep(Client& client, const std::string& sweep
       last_finished = p->finished;
     }
     std::fflush(stdout);
-    if (ended || stop.load()) break;
+    if (ended || interrupts.load() > 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
   if (terminal) std::printf("\n");

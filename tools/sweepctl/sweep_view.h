@@ -40,12 +40,12 @@ absl::StatusOr<Progress> GetProgress(Client& client, const std::string& sweep);
 // One line: bar, done/total, running steps, diverged/failed, best, elapsed, ETA.
 std::string ProgressLine(const Progress& p, bool terminal);
 
-// Follows a sweep until it ends or `stop` becomes true: a progress line redrawn in place on a
+// Follows a sweep until it ends or `interrupts` (Ctrl-C's counted by main) is above zero: a progress line redrawn in place on a
 // terminal (printed every 10 s otherwise) and one line per notable event from the watch
 // stream (a trial finished, diverged, failed, was requeued or released). Returns the sweep's
 // state when it returned.
 absl::StatusOr<std::string> FollowSweep(Client& client, const std::string& sweep,
-                                        const std::atomic<bool>& stop);
+                                        const std::atomic<int>& interrupts);
 
 // The end-of-run summary: counts, then (when the sweep has a learning-rate parameter) the mean
 // final metric and the peak grad norm after warmup per cell of the other parameters x lr, with
