@@ -1,6 +1,8 @@
-// sweepd: the sweep orchestrator. Owns the SQLite database and serves sweep.v1 over gRPC.
+// sweepd: the sweep orchestrator. Owns the SQLite database and serves sweep.v1 over gRPC, and
+// with --http the dashboard and its read-only JSON API (docs/dashboard.md).
 //
 //   sweepd --db sweep.db [--listen 127.0.0.1:7070] [--token-file F] [--port-file F]
+//          [--http 127.0.0.1:8080] [--http-port-file F] [--dashboard-dir DIR]
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -14,17 +16,14 @@
 #include <sstream>
 #include <thread>
 
+#include "orchestrator/dashboard.h"
+#include "orchestrator/http_server.h"
 #include "orchestrator/scheduler.h"
 #include "orchestrator/service.h"
 #include "orchestrator/store.h"
 
 namespace {
 using namespace sweep::orchestrator;
-
-bool IsLoopback(const std::string& address) {
-  return address.rfind("127.", 0) == 0 || address.rfind("localhost:", 0) == 0 ||
-         address.rfind("[::1]:", 0) == 0;
-}
 
 std::string ReadToken(const std::string& path, std::string* error) {
   std::ifstream in(path);
@@ -72,6 +71,16 @@ int Main(int argc, char** argv) {
                  "Failed trials in a row that quarantine a worker")
       ->capture_default_str();
   app.add_option("--max-trials", max_trials, "Refuse sweeps larger than this")->capture_default_str();
+  std::string http, http_port_file, dashboard_dir = Dashboard::DefaultAssetsDir();
+  int http_threads = 4;
+  app.add_option("--http", http,
+                 "Serve the dashboard and its read-only JSON API on HOST:PORT (port 0: a free one)");
+  app.add_option("--http-port-file", http_port_file, "Write the HTTP port actually bound here");
+  app.add_option("--dashboard-dir", dashboard_dir, "The built dashboard (index.html, app.js)")
+      ->capture_default_str();
+  app.add_option("--http-threads", http_threads, "Threads answering HTTP requests")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -86,9 +95,13 @@ int Main(int argc, char** argv) {
       spdlog::error("{}", error);
       return 2;
     }
-  } else if (!IsLoopback(listen) && !insecure) {
-    spdlog::error("refusing to listen on {} without --token-file (add --insecure to insist)", listen);
-    return 2;
+  } else if (!insecure) {
+    for (const std::string& address : {listen, http}) {
+      if (!address.empty() && !IsLoopbackAddress(address)) {
+        spdlog::error("refusing to listen on {} without --token-file (add --insecure to insist)", address);
+        return 2;
+      }
+    }
   }
 
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(db);
@@ -139,6 +152,29 @@ int Main(int argc, char** argv) {
     std::rename((port_file + ".tmp").c_str(), port_file.c_str());
   }
 
+  // The dashboard: its own read-only connections, never the writer's.
+  std::unique_ptr<Dashboard> dashboard;
+  std::unique_ptr<HttpServer> http_server;
+  if (!http.empty()) {
+    dashboard = std::make_unique<Dashboard>(DashboardOptions{db, token, dashboard_dir, nullptr});
+    absl::StatusOr<std::unique_ptr<HttpServer>> started = HttpServer::Start(
+        {http, http_threads}, [d = dashboard.get()](const HttpRequest& r) { return d->Handle(r); });
+    if (!started.ok()) {
+      spdlog::error("{}", std::string(started.status().message()));
+      return 1;
+    }
+    http_server = *std::move(started);
+    std::string host;
+    int unused = 0;
+    SplitHostPort(http, &host, &unused);
+    spdlog::info("dashboard on http://{}:{}/ (assets {})", host.find(':') != std::string::npos ? "[" + host + "]" : host,
+                 http_server->port(), dashboard_dir);
+    if (!http_port_file.empty()) {
+      std::ofstream(http_port_file + ".tmp") << http_server->port() << "\n";
+      std::rename((http_port_file + ".tmp").c_str(), http_port_file.c_str());
+    }
+  }
+
   // Lease expiry every second; SIGTERM/SIGINT shut down cleanly.
   std::atomic<bool> stopping{false};
   std::thread expiry([&] {
@@ -155,6 +191,7 @@ int Main(int argc, char** argv) {
   sigwait(&signals, &sig);
   spdlog::info("signal {}: shutting down", sig);
   stopping.store(true);
+  http_server.reset();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   expiry.join();
   return 0;
