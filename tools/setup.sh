@@ -4,6 +4,7 @@
 # Idempotent and non-interactive; run as root (or with sudo) on a fresh Debian 12 machine.
 #
 #   tools/setup.sh                 # packages, build (./build), corpus
+#   tools/setup.sh --tests         # the same, plus Chromium for the dashboard's browser test
 #   tools/setup.sh --no-build      # packages and corpus only
 #   BUILD_DIR=out/b tools/setup.sh # another build folder
 #
@@ -14,10 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 build=1
+tests=0
 for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --tests) tests=1 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +53,12 @@ packages=(
   # quotations, jokes and poems; pulls in fortunes-min)
   fortunes
 )
+
+# The dashboard's front end is built with npm (uPlot, esbuild; dashboard/package-lock.json).
+# Debian's nodejs and npm unless a Node.js with npm is already installed.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+# The dashboard's browser test drives Debian's Chromium headless.
+((tests)) && packages+=(chromium)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -111,7 +111,9 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
   }
   const std::string token = RunToken(dir + "/token");
   const std::string port_file = dir + "/port";
+  const std::string http_port_file = dir + "/http.port";
   fs::remove(port_file, ec);
+  fs::remove(http_port_file, ec);
   for (const char* binary : {"sweepd", "sweep-worker", "sweep-train"}) {
     if (!fs::exists(fs::path(options.bin_dir) / binary)) {
       std::fprintf(stderr, "sweepctl: %s not found in %s (build it, or pass --bin-dir)\n", binary,
@@ -121,13 +123,16 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
   }
 
   // 3. sweepd on a free loopback port, then the workers.
-  auto sweepd = std::make_unique<Child>(
-      "sweepd", (fs::path(options.bin_dir) / "sweepd").string(),
-      std::vector<std::string>{"--db", db, "--listen", "127.0.0.1:0", "--port-file", port_file,
-                               "--token-file", dir + "/token", "--lease-ttl", "30"},
-      dir + "/logs/sweepd.log");
+  std::vector<std::string> sweepd_args = {"--db", db, "--listen", "127.0.0.1:0", "--port-file", port_file,
+                                          "--token-file", dir + "/token", "--lease-ttl", "30"};
+  const bool dashboard = options.dashboard != "off" && !options.dashboard.empty();
+  if (dashboard) {
+    sweepd_args.insert(sweepd_args.end(), {"--http", options.dashboard, "--http-port-file", http_port_file});
+  }
+  auto sweepd = std::make_unique<Child>("sweepd", (fs::path(options.bin_dir) / "sweepd").string(), sweepd_args,
+                                        dir + "/logs/sweepd.log");
   const Steady::time_point begin = Steady::now();
-  while (ReadFile(port_file).empty()) {
+  while (ReadFile(port_file).empty() || (dashboard && ReadFile(http_port_file).empty())) {
     if (!sweepd->running() || Steady::now() - begin > std::chrono::seconds(30) || interrupts.load()) {
       std::fprintf(stderr, "sweepctl: sweepd did not start; see %s/logs/sweepd.log:\n%s", dir.c_str(),
                    ReadFile(dir + "/logs/sweepd.log").c_str());
@@ -137,6 +142,12 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
   }
   const std::string address = "127.0.0.1:" + std::to_string(std::stoi(ReadFile(port_file)));
   Client client({address, token, ""});
+  std::string dashboard_url;
+  if (dashboard) {
+    const std::string host = options.dashboard.substr(0, options.dashboard.rfind(':'));
+    dashboard_url = absl::StrCat("http://", host == "0.0.0.0" ? "127.0.0.1" : host, ":",
+                                 std::stoi(ReadFile(http_port_file)), "/?token=", token);
+  }
 
   // 4. Submit (or attach), resume if paused.
   v1::SubmitSweepRequest submit;
@@ -193,6 +204,7 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
     std::printf("%d worker(s), %d thread(s) per trial; logs in %s/logs; Ctrl-C pauses\n", workers,
                 options.threads_per_trial, dir.c_str());
   }
+  if (dashboard) std::printf("dashboard: %s\n", dashboard_url.c_str());
 
   // 5. Progress until the sweep ends or Ctrl-C.
   absl::StatusOr<std::string> state = FollowSweep(client, sweep.name(), interrupts);
@@ -246,8 +258,10 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
     std::fprintf(stderr, "sweepctl: analysis: %s\n", s.error_message().c_str());
   }
   std::printf("\ndatabase: %s (sqlite3 %s, or `sweepctl query` while sweepd runs)\n"
-              "trial folders and logs: %s/work/<sweep>/<trial>/attempt-<n>/, %s/logs/\n",
-              db.c_str(), db.c_str(), dir.c_str(), dir.c_str());
+              "trial folders and logs: %s/work/<sweep>/<trial>/attempt-<n>/, %s/logs/\n"
+              "dashboard afterwards: %s/sweepd --db %s --listen 127.0.0.1:0 --http 127.0.0.1:8080, "
+              "then http://127.0.0.1:8080/\n",
+              db.c_str(), db.c_str(), dir.c_str(), dir.c_str(), options.bin_dir.c_str(), db.c_str());
   sweepd->Stop(10);
   return *state == "completed" ? kExitOk : kExitError;
 }

@@ -29,6 +29,7 @@ struct RunOptions {
   int workers = 0;        // 0: one per core / threads_per_trial
   int threads_per_trial = 1;
   std::string bin_dir;    // where sweepd, sweep-worker and sweep-train are
+  std::string dashboard = "127.0.0.1:0";  // sweepd --http address; "off": none
   Format format = Format::kAuto;
 };
 

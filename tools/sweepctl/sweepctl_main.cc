@@ -93,6 +93,9 @@ int main(int argc, char** argv) {
   run->add_option("--db", run_options.db, "Database (default <dir>/sweep.db)");
   run->add_option("--bin-dir", run_options.bin_dir, "Where sweepd, sweep-worker, sweep-train are")
       ->capture_default_str();
+  run->add_option("--dashboard", run_options.dashboard,
+                  "Serve the dashboard on HOST:PORT while the sweep runs (port 0: a free one; off: none)")
+      ->capture_default_str();
 
   std::string spec_path, sweep, state, sort, sql, out = "export", export_format = "jsonl", log_file = "stderr";
   int64_t trial = 0;
