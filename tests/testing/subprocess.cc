@@ -50,14 +50,24 @@ void Subprocess::Signal(int sig) {
 }
 
 int Subprocess::Wait() {
+  if (reaped_) return exit_code_;
   int status = 0;
   while (::waitpid(pid_, &status, 0) < 0) {
     if (errno != EINTR) return -1;
   }
   reaped_ = true;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
+  return exit_code_;
+}
+
+std::optional<int> Subprocess::Poll() {
+  if (reaped_) return exit_code_;
+  int status = 0;
+  const pid_t done = ::waitpid(pid_, &status, WNOHANG);
+  if (done != pid_) return std::nullopt;
+  reaped_ = true;
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
+  return exit_code_;
 }
 
 int Run(const std::vector<std::string>& argv, const std::string& stdout_path,

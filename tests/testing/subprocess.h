@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,10 +26,13 @@ class Subprocess {
   void Signal(int sig);
   // Waits for exit. Returns the exit code, or 128 + signal number if a signal ended it.
   int Wait();
+  // Wait()'s code if the child has exited, without blocking; nullopt while it runs.
+  std::optional<int> Poll();
 
  private:
   pid_t pid_ = -1;
   bool reaped_ = false;
+  int exit_code_ = -1;
 };
 
 // Runs argv to completion; returns Subprocess::Wait()'s code.
