@@ -46,6 +46,11 @@ function logValues(u, splits, axisIdx) {
   });
 }
 
+// uPlot's own filter drops log ticks other than powers of ten; logValues chooses instead.
+function keepAll(u, splits) {
+  return splits;
+}
+
 function linValues(u, splits) {
   return splits.map((v) => (v === null ? '' : Math.abs(v) >= 1e5 || (v !== 0 && Math.abs(v) < 1e-3) ? sci(v, 1) : num(v, 4)));
 }
@@ -138,7 +143,9 @@ export class LineChart {
     if (markers.length || o.markers) {
       this.el.dataset.spikes = String(markers.reduce((n, s) => n + s.rawY.filter((v) => v !== null).length, 0));
     }
-    const drawable = expanded.filter((s) => s.x.length > 0);
+    // Empty series stay (as gaps) while something else is drawn, so a trace that gains its
+    // first spike during a live refresh is redrawn in place instead of rebuilt.
+    const drawable = expanded.some((s) => s.x.length > 0) ? expanded : [];
     if (drawable.length === 0) {
       this.destroyPlot();
       this.body.innerHTML = '';
@@ -158,10 +165,10 @@ export class LineChart {
     this.body.innerHTML = '';
     this.signature = signature;
     this.plot = new uPlot(this.options(drawable), data, this.body);
-    // Band edges and the extra layers of a points series have no legend entry.
+    // Band edges, spike markers and the extra layers of a points series have no legend entry.
     const rows = this.plot.root.querySelectorAll('.u-legend .u-series');
     drawable.forEach((s, i) => {
-      if ((s.kind === 'band' || s.hideLegend) && rows[i + 1]) rows[i + 1].style.display = 'none';
+      if ((s.kind === 'band' || s.kind === 'marker' || s.hideLegend) && rows[i + 1]) rows[i + 1].style.display = 'none';
     });
   }
 
@@ -199,12 +206,15 @@ export class LineChart {
       legend: { show: o.legend !== false, live: true },
       cursor: { drag: { x: true, y: false }, points: { size: 6 } },
       scales: {
-        x: { time: false, distr: o.logX ? 3 : 1 },
+        // A log x axis spans the data (uPlot would round out to whole decades).
+        x: o.logX
+          ? { time: false, distr: 3, range: (u, min, max) => (min > 0 && max > 0 ? [min / 1.25, max * 1.25] : [1, 10]) }
+          : { time: false, distr: 1 },
         y: { distr: o.logY ? 3 : 1 },
       },
       axes: [
-        { label: o.xLabel, labelSize: 18, size: 36, values: o.logX ? logValues : linValues, stroke: '#444', grid: { stroke: '#eee' }, ticks: { stroke: '#ddd' } },
-        { label: o.yLabel, labelSize: 18, size: 56, values: o.logY ? logValues : linValues, stroke: '#444', grid: { stroke: '#eee' }, ticks: { stroke: '#ddd' } },
+        { label: o.xLabel, labelSize: 18, size: 36, values: o.logX ? logValues : linValues, filter: o.logX ? keepAll : undefined, stroke: '#444', grid: { stroke: '#eee' }, ticks: { stroke: '#ddd' } },
+        { label: o.yLabel, labelSize: 18, size: 56, values: o.logY ? logValues : linValues, filter: o.logY ? keepAll : undefined, stroke: '#444', grid: { stroke: '#eee' }, ticks: { stroke: '#ddd' } },
       ],
     };
   }

@@ -23,6 +23,9 @@
 //   tr[data-trial-id]      the sweep page's trial table: one row per trial; its
 //                          input.select checkbox selects the trial for the traces
 //   tr[data-sweep]         the sweeps page: one row per sweep
+//   select[data-control]   the sweep page's choices: heat-x, heat-y, heat-metric, heat-agg
+//                          (heatmap), curve-group, curve-metric (curves), fit (power law)
+//   body[data-updates=N]   how many live refreshes the page has drawn (polling)
 
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
@@ -56,7 +59,9 @@ class PageContext {
       } catch (e) {
         console.error(e); // shown in the banner by api.js; keep polling
       }
-      if (this.alive && again) {
+      if (!this.alive) return;
+      document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+      if (again) {
         const t = setTimeout(() => { this.timers.delete(t); tick(); }, POLL_MS);
         this.timers.add(t);
       }
@@ -96,6 +101,7 @@ async function route() {
   current = ctx;
   const body = document.body;
   body.dataset.ready = '0';
+  body.dataset.updates = '0';
   delete body.dataset.error;
   clearErrors();
   const { page, arg } = parseRoute(location.hash);
@@ -107,8 +113,10 @@ async function route() {
     await PAGES[page](root, arg, ctx);
   } catch (e) {
     if (!ctx.alive) return;
-    console.error(e);
-    if (!e.status) showError(String(e.message || e)); // API errors are already in the banner
+    if (!e.status) { // API errors are already in the banner
+      console.error(e);
+      showError(String(e.message || e));
+    }
     body.dataset.error = String(e.message || e);
     const p = document.createElement('p');
     p.className = 'page-error';

@@ -53,7 +53,7 @@ export class AnalysisView {
     this.fitKey = null;
     this.summary = el('p', { class: 'muted small' });
     this.groupsBox = el('div', { class: 'scroll-x' });
-    this.fitSelect = el('select', { 'aria-label': 'fit' });
+    this.fitSelect = el('select', { 'aria-label': 'fit', 'data-control': 'fit' });
     this.fitSelect.addEventListener('change', () => { this.fitKey = this.fitSelect.value; this.drawFit(); });
     this.fitInfo = el('p', { class: 'small' });
     const fitEl = el('div');

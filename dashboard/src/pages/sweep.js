@@ -26,8 +26,8 @@ function section(root, title, ...extra) {
   return body;
 }
 
-function select(label, options, value, onChange) {
-  const s = el('select', { 'aria-label': label });
+function select(label, control, options, value, onChange) {
+  const s = el('select', { 'aria-label': label, 'data-control': control });
   for (const o of options) s.append(el('option', { value: o.value, selected: o.value === value }, o.label));
   s.addEventListener('change', () => onChange(s.value));
   return el('label', { class: 'ctl' }, `${label} `, s);
@@ -103,15 +103,17 @@ export async function renderSweep(root, name, ctx) {
 
   // ----- Heatmap -----
   const heatBody = section(root, 'Heatmap',
-    select('x', keyOptions, state.hx, (v) => { state.hx = v; refreshHeatmap(); }),
-    select('y', [{ value: '', label: '(none)' }, ...keyOptions], state.hy, (v) => { state.hy = v; refreshHeatmap(); }),
-    select('metric', metricOptions, state.hmetric, (v) => { state.hmetric = v; refreshHeatmap(); }),
-    select('agg', ['mean', 'median', 'min', 'max'].map((a) => ({ value: a, label: a })), state.agg, (v) => { state.agg = v; refreshHeatmap(); }));
+    select('x', 'heat-x', keyOptions, state.hx, (v) => { state.hx = v; refreshHeatmap(); }),
+    select('y', 'heat-y', [{ value: '', label: '(none)' }, ...keyOptions], state.hy, (v) => { state.hy = v; refreshHeatmap(); }),
+    select('metric', 'heat-metric', metricOptions, state.hmetric, (v) => { state.hmetric = v; refreshHeatmap(); }),
+    select('agg', 'heat-agg', ['mean', 'median', 'min', 'max'].map((a) => ({ value: a, label: a })), state.agg, (v) => { state.agg = v; refreshHeatmap(); }));
   heatBody.classList.add('scroll-x');
+  let heatSeq = 0; // a newer request wins over a slower older one
   async function refreshHeatmap() {
     if (!state.hx) { heatBody.textContent = 'No parameter varies in this sweep.'; return; }
+    const seq = ++heatSeq;
     const grid = await get(`sweeps/${enc}/grid`, { x: state.hx, y: state.hy === state.hx ? '' : state.hy, metric: state.hmetric, agg: state.agg });
-    if (!ctx.alive) return;
+    if (!ctx.alive || seq !== heatSeq) return;
     const goal = state.hmetric && state.hmetric !== sweep.metric ? 'minimize' : sweep.goal;
     renderHeatmap(heatBody, grid, goal, (cell) => {
       if (cell.trials && cell.trials.length) selectTrials(cell.trials);
@@ -120,16 +122,18 @@ export async function renderSweep(root, name, ctx) {
 
   // ----- Metric vs lr curves -----
   const curvesBody = section(root, `Metric vs ${lrKey ? shortKey(lrKey) : 'lr'}`,
-    select('one curve per', [{ value: '', label: '(none)' }, ...groupCandidates.concat(keys.filter((k) => SEED_KEYS.includes(k))).map((k) => ({ value: k, label: k }))], state.group,
+    select('one curve per', 'curve-group', [{ value: '', label: '(none)' }, ...groupCandidates.concat(keys.filter((k) => SEED_KEYS.includes(k))).map((k) => ({ value: k, label: k }))], state.group,
       (v) => { state.group = v; refreshCurves(); }),
-    select('metric', metricOptions, state.cmetric, (v) => { state.cmetric = v; refreshCurves(); }));
+    select('metric', 'curve-metric', metricOptions, state.cmetric, (v) => { state.cmetric = v; refreshCurves(); }));
   const curvesEl = el('div');
   curvesBody.append(curvesEl);
   const curves = ctx.own(new LineChart(curvesEl, { id: 'curves', xLabel: lrKey || '', yLabel: '', logX: lrKey ? numericKeys.includes(lrKey) && allPositive(params.find((p) => p.key === lrKey)) : false, height: 260 }));
+  let curvesSeq = 0;
   async function refreshCurves() {
     if (!lrKey) { curves.update([], 'No parameter varies in this sweep.'); return; }
+    const seq = ++curvesSeq;
     const grid = await get(`sweeps/${enc}/grid`, { x: lrKey, y: state.group, metric: state.cmetric });
-    if (!ctx.alive) return;
+    if (!ctx.alive || seq !== curvesSeq) return;
     curves.opts.yLabel = grid.metric;
     const byKey = new Map(grid.cells.map((c) => [`${c.x}|${c.y}`, c]));
     const series = grid.ys.map((y, i) => ({
@@ -161,8 +165,12 @@ export async function renderSweep(root, name, ctx) {
       const t = trialById(id);
       const cached = seriesCache.get(id);
       if (cached && t && cached.state === t.state && cached.last_step === t.last_step && !LIVE_STATES.includes(t.state)) return;
-      const ans = await get(`trials/${id}/series`, { names: TRACE_NAMES });
-      seriesCache.set(id, { state: t?.state, last_step: t?.last_step, series: ans.series });
+      try {
+        const ans = await get(`trials/${id}/series`, { names: TRACE_NAMES });
+        seriesCache.set(id, { state: t?.state, last_step: t?.last_step, series: ans.series });
+      } catch (e) {
+        console.error(e); // in the banner; the other trials still draw
+      }
     }));
   }
 
@@ -179,7 +187,7 @@ export async function renderSweep(root, name, ctx) {
         const s = series.find((x) => x.name === name);
         if (!s) continue;
         out.push({ label, x: s.steps, y: s.values, color: color(i) });
-        if (s.spikes && s.spikes.length) out.push(spikeMarkers(`#${id} spikes`, s.spikes, color(i)));
+        out.push(spikeMarkers(`#${id} spikes`, s.spikes, color(i))); // empty ones too: see charts.js
       }
     });
     gradEl.dataset.trials = ids.join(',');
@@ -191,9 +199,11 @@ export async function renderSweep(root, name, ctx) {
       : 'No trial selected: tick trials in the trial table below.';
   }
 
+  let tracesSeq = 0;
   async function refreshTraces() {
+    const seq = ++tracesSeq;
     await fetchTraces();
-    if (ctx.alive) drawTraces();
+    if (ctx.alive && seq === tracesSeq) drawTraces();
   }
 
   function selectTrials(ids) {
@@ -269,6 +279,7 @@ export async function renderSweep(root, name, ctx) {
       el('td', { class: 'nowrap' }, time(e.time)), el('td', {}, e.kind),
       el('td', {}, e.trial_id ? el('a', { href: `#/trials/${e.trial_id}` }, `#${e.trial_id}`) : ''),
       el('td', { class: 'small' }, e.detail || '')));
+    eventsBody.classList.add('scroll-y');
     eventsBody.replaceChildren(rows.length
       ? el('table', { class: 'table compact' }, el('thead', {}, el('tr', {}, el('th', {}, 'time'), el('th', {}, 'kind'), el('th', {}, 'trial'), el('th', {}, 'detail'))), el('tbody', {}, rows))
       : el('p', { class: 'muted' }, 'No events.'));
