@@ -18,6 +18,7 @@ const LR_KEY = 'optim.lr';
 const TRACE_NAMES = ['optim/grad_norm', 'loss/out'];
 const LIVE_STATES = ['running', 'leased', 'pending'];
 const DEFAULT_TRACES = 4;
+const ANALYSIS_MIN_MS = 10000;
 
 function section(root, title, ...extra) {
   const body = el('div', { class: 'section-body' });
@@ -144,7 +145,8 @@ export async function renderSweep(root, name, ctx) {
       showPoints: true,
       width: 2,
     }));
-    curves.update(series);
+    const any = series.some((c) => c.y.some((v) => v !== null));
+    curves.update(any ? series : [], 'no trial has a value yet');
   }
 
   // ----- Traces -----
@@ -215,11 +217,16 @@ export async function renderSweep(root, name, ctx) {
   // ----- Analysis -----
   const analysisBody = section(root, 'Analysis');
   const analysis = ctx.own(new AnalysisView(analysisBody));
+  // Recomputed only when more trials finished, and at most every 10 s while the sweep runs
+  // (sweepd computes it on the fly until it is stored).
   let analysisDone = -1;
+  let analysisAt = 0;
   async function refreshAnalysis() {
     const finished = doneCount(sweep.counts || {});
     if (finished === analysisDone) return;
+    if (isLive(sweep) && Date.now() - analysisAt < ANALYSIS_MIN_MS) return;
     analysisDone = finished;
+    analysisAt = Date.now();
     let ans;
     try {
       ans = await get(`sweeps/${enc}/analysis`);

@@ -149,7 +149,7 @@ export async function renderTrial(root, id, ctx) {
       logPre.textContent = '';
       return;
     }
-    logInfo.textContent = ans.path || '';
+    logInfo.textContent = `${ans.path || ''}${ans.truncated ? ' (the end of it)' : ''}`;
     const atEnd = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
     logPre.textContent = ans.text || '(empty)';
     if (atEnd) logPre.scrollTop = logPre.scrollHeight;
