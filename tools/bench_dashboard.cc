@@ -15,16 +15,16 @@
 //
 //   bench_dashboard [--db F] [--rows 10000000] [--trials 2000] [--requests 200] [--warmup 20]
 //                   [--trace-steps 1000000] [--seed 1] [--keep] [--sweepd PATH]
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <signal.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -127,8 +127,8 @@ bool Prepare(const std::string& path, const std::vector<SweepDbOptions>& sweeps)
       continue;
     }
     std::fprintf(stderr, "bench_dashboard: generating %s (%d x %zu x %d trials, %lld steps)\n",
-                 options.sweep.c_str(), static_cast<int>(options.depths.size()),
-                 options.lrs.size(), options.seeds, static_cast<long long>(options.steps));
+                 options.sweep.c_str(), static_cast<int>(options.depths.size()), options.lrs.size(),
+                 options.seeds, static_cast<long long>(options.steps));
     auto progress = [tty](const sweep::tools::SweepDbProgress& p) {
       std::fprintf(stderr, "%s  trials %lld/%lld  rows %.2f M  %.0f rows/s  %.0f s%s",
                    tty ? "\r" : "", static_cast<long long>(p.trials_done),
@@ -278,10 +278,10 @@ Result Measure(HttpClient& client, const Case& c, int warmup, int requests) {
     if (answer.status != 200) {
       ++r.errors;
       if (r.error_sample.empty()) {
-        r.error_sample = target + ": " +
-                         (answer.status == 0 ? answer.error
-                                             : std::to_string(answer.status) + " " +
-                                                   answer.body.substr(0, 200));
+        r.error_sample =
+            target + ": " +
+            (answer.status == 0 ? answer.error
+                                : std::to_string(answer.status) + " " + answer.body.substr(0, 200));
       }
     }
     if (i == 0) r.first_ms = ms;
@@ -299,7 +299,9 @@ void PrintRow(const Result& r) {
   std::printf("| %s | %s | %zu | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %s |\n", r.name.c_str(),
               r.page.c_str(), r.ms.size(), r.Percentile(0.5), p95, r.Percentile(0.99),
               r.ms.empty() ? NAN : r.ms.back(), r.first_ms, r.mean_kb,
-              r.errors > 0 ? "errors" : p95 < kGoalMs ? "met" : "missed");
+              r.errors > 0    ? "errors"
+              : p95 < kGoalMs ? "met"
+                              : "missed");
 }
 
 // The ids of a sweep's trials, from the API itself.
@@ -359,8 +361,9 @@ int main(int argc, char** argv) {
   app.add_option("--sweepd", sweepd, "sweepd binary")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (rows < 1 || trials < 1 || requests < 1 || warmup < 0 || trace_steps < 1000) {
-    std::fprintf(stderr, "bench_dashboard: --rows, --trials, --requests >= 1, --warmup >= 0, "
-                         "--trace-steps >= 1000\n");
+    std::fprintf(stderr,
+                 "bench_dashboard: --rows, --trials, --requests >= 1, --warmup >= 0, "
+                 "--trace-steps >= 1000\n");
     return 2;
   }
 
@@ -375,10 +378,12 @@ int main(int argc, char** argv) {
   const int64_t total_rows = QueryInt(db, "SELECT COUNT(*) FROM metrics");
   const int64_t sweep_rows = QueryInt(
       db, std::string("SELECT COUNT(*) FROM metrics WHERE trial_id IN (SELECT t.id FROM trials t "
-                      "JOIN sweeps s ON s.id = t.sweep_id WHERE s.name = '") + kSweep + "')");
-  const int64_t sweep_trials = QueryInt(
-      db, std::string("SELECT COUNT(*) FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
-                      "WHERE s.name = '") + kSweep + "'");
+                      "JOIN sweeps s ON s.id = t.sweep_id WHERE s.name = '") +
+              kSweep + "')");
+  const int64_t sweep_trials =
+      QueryInt(db, std::string("SELECT COUNT(*) FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
+                               "WHERE s.name = '") +
+                       kSweep + "'");
   const int64_t spikes = QueryInt(db, "SELECT COUNT(*) FROM spikes");
 
   sweep::testing::Subprocess server(
@@ -435,8 +440,9 @@ int main(int argc, char** argv) {
   server.Signal(SIGTERM);
   const int server_exit = server.Wait();
 
-  std::printf("| API call | page | requests | p50 ms | p95 ms | p99 ms | max ms | first ms | "
-              "KB | goal p95 < 100 ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| API call | page | requests | p50 ms | p95 ms | p99 ms | max ms | first ms | "
+      "KB | goal p95 < 100 ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
   int errors = 0;
   for (const Result& r : results) {
     PrintRow(r);
@@ -444,21 +450,23 @@ int main(int argc, char** argv) {
   }
   const Result& short_trace = results[results.size() - 2];
   const Result& long_trace = results.back();
-  std::printf("\nlong trace: optim/grad_norm at points=1000, %lld steps (%s) vs 1,000 steps: "
-              "p50 %.1f / %.1f ms = %.1fx, p95 %.1f / %.1f ms = %.1fx\n",
-              static_cast<long long>(trace_steps), long_shape.c_str(),
-              long_trace.Percentile(0.5), short_trace.Percentile(0.5),
-              long_trace.Percentile(0.5) / short_trace.Percentile(0.5),
-              long_trace.Percentile(0.95), short_trace.Percentile(0.95),
-              long_trace.Percentile(0.95) / short_trace.Percentile(0.95));
-  std::printf("database: %lld metric rows in all (%s: %lld rows, %lld trials), %lld spikes, "
-              "%.0f MB; generated or checked in %.0f s\n",
-              static_cast<long long>(total_rows), kSweep, static_cast<long long>(sweep_rows),
-              static_cast<long long>(sweep_trials), static_cast<long long>(spikes),
-              fs::file_size(db) / 1e6, generation_s);
-  std::printf("client: one keep-alive connection (%d opened), %d warm-up + %d measured requests "
-              "per call, random trial ids; sweepd exit %d\n",
-              client.connections(), warmup, requests, server_exit);
+  std::printf(
+      "\nlong trace: optim/grad_norm at points=1000, %lld steps (%s) vs 1,000 steps: "
+      "p50 %.1f / %.1f ms = %.1fx, p95 %.1f / %.1f ms = %.1fx\n",
+      static_cast<long long>(trace_steps), long_shape.c_str(), long_trace.Percentile(0.5),
+      short_trace.Percentile(0.5), long_trace.Percentile(0.5) / short_trace.Percentile(0.5),
+      long_trace.Percentile(0.95), short_trace.Percentile(0.95),
+      long_trace.Percentile(0.95) / short_trace.Percentile(0.95));
+  std::printf(
+      "database: %lld metric rows in all (%s: %lld rows, %lld trials), %lld spikes, "
+      "%.0f MB; generated or checked in %.0f s\n",
+      static_cast<long long>(total_rows), kSweep, static_cast<long long>(sweep_rows),
+      static_cast<long long>(sweep_trials), static_cast<long long>(spikes), fs::file_size(db) / 1e6,
+      generation_s);
+  std::printf(
+      "client: one keep-alive connection (%d opened), %d warm-up + %d measured requests "
+      "per call, random trial ids; sweepd exit %d\n",
+      client.connections(), warmup, requests, server_exit);
   for (const Result& r : results) {
     if (!r.error_sample.empty()) {
       std::printf("errors in %s: %d, e.g. %s\n", r.name.c_str(), r.errors, r.error_sample.c_str());

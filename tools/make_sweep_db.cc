@@ -62,8 +62,7 @@ int main(int argc, char** argv) {
   app.add_option("--eval-every", options.eval_every,
                  "loss/val every K steps and at the end (0: at the end only)")
       ->capture_default_str();
-  app.add_option("--probe-every", options.probe_every,
-                 "probe/* every K steps (0: no probes)")
+  app.add_option("--probe-every", options.probe_every, "probe/* every K steps (0: no probes)")
       ->capture_default_str();
   app.add_option("--running", options.running,
                  "Leave the last N trials to start running part-way (live views)")

@@ -33,7 +33,7 @@ using orchestrator::Outcome;
 using orchestrator::Store;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kLrRef = 0.01;  // The learning rate curves are scaled against.
+constexpr double kLrRef = 0.01;          // The learning rate curves are scaled against.
 constexpr double kStartupSeconds = 1.5;  // sweep-worker start-up before the first step.
 constexpr double kEvalSeconds = 0.2;
 constexpr int64_t kProgressRows = 100000;
@@ -153,16 +153,16 @@ Names NamesFor(int n_layers) {
   return names;
 }
 
-const char* const kCoreNames[] = {"loss/out",         "optim/grad_norm",    "optim/lr",
-                                  "optim/total_tokens", "optim/param_norm", "speed/wps",
-                                  "speed/curr_iter_time"};
+const char* const kCoreNames[] = {
+    "loss/out",  "optim/grad_norm",     "optim/lr", "optim/total_tokens", "optim/param_norm",
+    "speed/wps", "speed/curr_iter_time"};
 constexpr char kValName[] = "loss/val";
 
 // One trial's trainer, step by step: the curves of the file comment.
 class TrialSim {
  public:
-  TrialSim(const SweepDbOptions& options, const TrialPlan& plan, const Lease& lease,
-           double start, int64_t hold_at)
+  TrialSim(const SweepDbOptions& options, const TrialPlan& plan, const Lease& lease, double start,
+           int64_t hold_at)
       : plan_(plan),
         attempt_(lease.attempt),
         options_(options),
@@ -187,12 +187,11 @@ class TrialSim {
     const double curvature = 0.25 + 0.04 * depth_;
     const double off = std::log10(lr_) - optimum;
     loss0_ = 5.58 + 0.02 * rng_.Bounded();
-    floor_ = 1.55 - 0.12 * std::log2(depth_ / 2.0) + curvature * off * off +
-             0.01 * rng_.Bounded();
+    floor_ = 1.55 - 0.12 * std::log2(depth_ / 2.0) + curvature * off * off + 0.01 * rng_.Bounded();
     loss_sigma_ = 0.015 + 0.015 * plan.lr_rank;
     lr_speed_ = std::pow(lr_ / kLrRef, 0.3);
-    grad_floor_ = 0.22 * (1 + 0.6 * plan.lr_rank) * (1 + 0.03 * depth_) *
-                  std::exp(0.05 * rng_.Bounded());
+    grad_floor_ =
+        0.22 * (1 + 0.6 * plan.lr_rank) * (1 + 0.03 * depth_) * std::exp(0.05 * rng_.Bounded());
     grad_start_ = 2.0 * std::exp(0.1 * rng_.Bounded());
     spike_p_ = 0.02 * std::max(0.0, 2 * plan.lr_rank - 1) * plan.depth_rank;
     param_norm0_ = 16 + 3.0 * depth_;
@@ -208,8 +207,8 @@ class TrialSim {
     shares_.push_back(0.20);
     if (plan.diverges) {
       const int64_t warmup = std::max<int64_t>(c.optim.warmup, 4);
-      diverge_at_ = warmup + 1 +
-                    static_cast<int64_t>((steps_ - warmup - 1) * (0.15 + 0.5 * rng_.Uniform()));
+      diverge_at_ =
+          warmup + 1 + static_cast<int64_t>((steps_ - warmup - 1) * (0.15 + 0.5 * rng_.Uniform()));
       diverge_at_ = std::clamp<int64_t>(diverge_at_, 1, steps_);
     }
     hold_at_ = hold_at;
@@ -284,9 +283,8 @@ class TrialSim {
     const double smooth = floor_ + (loss0_ - floor_) * decay;
 
     // Grad norm: a fast fall from its start, bounded multiplicative noise, and spikes.
-    const double base =
-        (grad_floor_ + grad_start_ * std::exp(-static_cast<double>(k) / 15.0)) *
-        std::exp(0.08 * rng_.Bounded());
+    const double base = (grad_floor_ + grad_start_ * std::exp(-static_cast<double>(k) / 15.0)) *
+                        std::exp(0.08 * rng_.Bounded());
     double grad = base;
     double spike_energy = 0;  // grad² - base², carried by the embeddings and layer 0.
     const bool spike = k > 5 && rng_.Uniform() < spike_p_;
@@ -373,8 +371,8 @@ class TrialSim {
       const double v = (4 + growth * layer) * std::exp(0.05 * rng_.Bounded());
       if (probe_wanted_[i]) Add(rows, names_.probes[i], v);
     }
-    const double lse = 5.55 + 1.5 * (1 - decay) * std::pow(lr_ / kLrRef, 0.3) +
-                       0.02 * rng_.Bounded();
+    const double lse =
+        5.55 + 1.5 * (1 - decay) * std::pow(lr_ / kLrRef, 0.3) + 0.02 * rng_.Bounded();
     if (probe_wanted_[depth_]) Add(rows, names_.probes[depth_], lse);
   }
 
@@ -382,7 +380,7 @@ class TrialSim {
   const int attempt_;
   const SweepDbOptions& options_;
   Rng rng_;
-  double time_;  // When the current step ended.
+  double time_;         // When the current step ended.
   double next_dt_ = 0;  // How long the next step takes.
   int64_t steps_ = 0;
   int depth_ = 0;
@@ -398,7 +396,7 @@ class TrialSim {
   int64_t diverge_at_ = 0;  // 0: never.
   int64_t hold_at_ = 0;     // 0: never; else the trial stops advancing at this step.
   int64_t step_ = 0;
-  double progress_ = 0;  // Σ schedule factor × lr_speed_.
+  double progress_ = 0;                 // Σ schedule factor × lr_speed_.
   double bump_ = 0, pending_bump_ = 0;  // The loss's response to a grad spike.
   bool finished_ = false, diverged_ = false;
   std::optional<double> final_val_, best_val_;
@@ -516,8 +514,8 @@ class Simulation {
       const Lease& lease = leases->front();
       auto plan = plans_.find(lease.trial_id);
       if (plan == plans_.end()) {
-        return absl::InternalError(absl::StrCat("leased trial ", lease.trial_id,
-                                                " is not one of the sweep's"));
+        return absl::InternalError(
+            absl::StrCat("leased trial ", lease.trial_id, " is not one of the sweep's"));
       }
       ++leased_;
       const bool hold = leased_ > static_cast<int64_t>(plans_.size()) - options_.running;
@@ -638,32 +636,34 @@ std::string SweepDbSpecText(const SweepDbOptions& options) {
   for (double lr : options.lrs) lrs.push_back(ShortestDouble(lr));
   const int depth0 = options.depths.empty() ? 2 : options.depths.front();
   const std::string lr0 = lrs.empty() ? "0.01" : lrs.front();
-  return absl::StrCat(
-      "# Synthetic: written by tools/sweep_db_gen (seed ", options.seed,
-      "), not a real run. Curves, spikes and divergences are simulated; the database is what\n"
-      "# sweepd would have stored for them.\n",
-      "name: ", options.sweep, "\n",
-      "description: synthetic depth x lr sweep (tools/sweep_db_gen.h, seed ", options.seed, ")\n",
-      "method: grid\n",
-      "metric: {name: loss/val, goal: minimize}\n",
-      "trainer: builtin\n",
-      "base:\n",
-      "  steps: ", options.steps, "\n",
-      "  seed: 0\n",
-      "  probe_freq: ", options.probe_every, "\n",
-      "  model: {dim: 64, n_layers: ", depth0, ", n_heads: 4, init_std_factor: disabled}\n",
-      "  optim: {lr: ", lr0, ", weight_decay: 0.1, warmup: ", Warmup(options),
-      ", clip: 1.0, scheduler: cosine}\n",
-      "  data: {sources: {kjv: 1.0}, batch_size: 16, seq_len: 64, tokenizer: bytes}\n",
-      "  eval: {every: ", options.eval_every, ", steps: 8}\n",
-      "  checkpoint: {every: ", CheckpointEvery(options), "}\n",
-      "parameters:\n",
-      "  seed: {values: ", ValueList(seeds), "}\n",
-      "  model.n_layers: {values: ", ValueList(depths), "}\n",
-      "  optim.lr: {values: ", ValueList(lrs), "}\n",
-      "early_terminate: {type: divergence}\n",
-      "resources: {gpus_per_trial: 0}\n",
-      "max_attempts: 3\n");
+  return absl::StrFormat(
+      R"(# Synthetic: written by tools/sweep_db_gen (seed %d), not a real run. Curves, spikes and
+# divergences are simulated; the database is what sweepd would have stored for them.
+name: %s
+description: synthetic depth x lr sweep (tools/sweep_db_gen.h, seed %d)
+method: grid
+metric: {name: loss/val, goal: minimize}
+trainer: builtin
+base:
+  steps: %d
+  seed: 0
+  probe_freq: %d
+  model: {dim: 64, n_layers: %d, n_heads: 4, init_std_factor: disabled}
+  optim: {lr: %s, weight_decay: 0.1, warmup: %d, clip: 1.0, scheduler: cosine}
+  data: {sources: {kjv: 1.0}, batch_size: 16, seq_len: 64, tokenizer: bytes}
+  eval: {every: %d, steps: 8}
+  checkpoint: {every: %d}
+parameters:
+  seed: {values: %s}
+  model.n_layers: {values: %s}
+  optim.lr: {values: %s}
+early_terminate: {type: divergence}
+resources: {gpus_per_trial: 0}
+max_attempts: 3
+)",
+      options.seed, options.sweep, options.seed, options.steps, options.probe_every, depth0, lr0,
+      Warmup(options), options.eval_every, CheckpointEvery(options), ValueList(seeds),
+      ValueList(depths), ValueList(lrs));
 }
 
 absl::Status ValidateSweepDbOptions(const SweepDbOptions& o) {
@@ -681,8 +681,8 @@ absl::Status ValidateSweepDbOptions(const SweepDbOptions& o) {
   if (o.steps < 1) return bad("--steps: at least 1");
   if (o.eval_every < 0) return bad("--eval-every: must be >= 0");
   if (o.probe_every < 0) return bad("--probe-every: must be >= 0");
-  const int64_t trials = static_cast<int64_t>(o.depths.size()) *
-                         static_cast<int64_t>(o.lrs.size()) * o.seeds;
+  const int64_t trials =
+      static_cast<int64_t>(o.depths.size()) * static_cast<int64_t>(o.lrs.size()) * o.seeds;
   if (o.running < 0 || o.running > trials) {
     return bad(absl::StrCat("--running: must be in 0..", trials, " (the sweep's trials)"));
   }
@@ -713,8 +713,7 @@ int64_t RowsPerCompletedTrial(const SweepDbOptions& options, int n_layers) {
   return per_step * options.steps + per_probe * probes + vals;
 }
 
-absl::StatusOr<SweepDbStats> GenerateSweepDb(const std::string& path,
-                                             const SweepDbOptions& options,
+absl::StatusOr<SweepDbStats> GenerateSweepDb(const std::string& path, const SweepDbOptions& options,
                                              const SweepDbProgressFn& progress) {
   if (absl::Status s = ValidateSweepDbOptions(options); !s.ok()) return s;
   const auto wall_start = std::chrono::steady_clock::now();

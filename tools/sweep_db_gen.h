@@ -48,11 +48,11 @@
 namespace sweep::tools {
 
 struct SweepDbOptions {
-  std::string sweep = "depth_lr_synth";         // The sweep's name.
-  std::vector<int> depths = {2, 6, 10};         // model.n_layers values.
+  std::string sweep = "depth_lr_synth";                // The sweep's name.
+  std::vector<int> depths = {2, 6, 10};                // model.n_layers values.
   std::vector<double> lrs = {0.003, 0.01, 0.03, 0.1};  // optim.lr values.
-  int seeds = 4;                                // seed values 0 .. seeds - 1.
-  int64_t steps = 500;                          // Trainer steps per trial.
+  int seeds = 4;                                       // seed values 0 .. seeds - 1.
+  int64_t steps = 500;                                 // Trainer steps per trial.
   bool layer_metrics = true;  // grad_norm/<group> for every parameter group, every step.
   int eval_every = 50;        // loss/val every K steps and at the end (0: at the end only).
   int probe_every = 10;       // probe/* every K steps (0: no probes).
@@ -63,19 +63,19 @@ struct SweepDbOptions {
   std::vector<std::string> only_metrics;
 
   // Simulation. Defaults are sweepd's and sweep-worker's.
-  int workers = 8;                    // Simulated workers, one CPU slot each.
-  double start_time = 1767225600;     // Unix seconds of the submit (2026-01-01 00:00 UTC).
-  double lease_ttl = 60;              // The scheduler's lease lifetime.
-  double heartbeat_interval = 5;      // Seconds between heartbeats (and metric flushes).
-  size_t batch_rows = 4000;           // At most this many rows per Monitor::Ingest call.
-  int64_t max_trials = 100000;        // The spec limit the expansion is checked against.
+  int workers = 8;                 // Simulated workers, one CPU slot each.
+  double start_time = 1767225600;  // Unix seconds of the submit (2026-01-01 00:00 UTC).
+  double lease_ttl = 60;           // The scheduler's lease lifetime.
+  double heartbeat_interval = 5;   // Seconds between heartbeats (and metric flushes).
+  size_t batch_rows = 4000;        // At most this many rows per Monitor::Ingest call.
+  int64_t max_trials = 100000;     // The spec limit the expansion is checked against.
 };
 
 // Progress, reported whenever a trial ends and about every 100,000 rows.
 struct SweepDbProgress {
   int64_t trials_done = 0;  // Completed, diverged or left running.
   int64_t trials = 0;
-  int64_t rows = 0;  // Metric rows stored so far.
+  int64_t rows = 0;    // Metric rows stored so far.
   double seconds = 0;  // Wall time so far.
 };
 
@@ -85,9 +85,9 @@ struct SweepDbStats {
   int64_t completed = 0;
   int64_t diverged = 0;
   int64_t running = 0;
-  int64_t rows = 0;       // Metric rows stored (Monitor::Ingest's count of new rows).
-  int64_t spikes = 0;     // Rows of `spikes` for this sweep.
-  double seconds = 0;     // Wall time of the generation.
+  int64_t rows = 0;              // Metric rows stored (Monitor::Ingest's count of new rows).
+  int64_t spikes = 0;            // Rows of `spikes` for this sweep.
+  double seconds = 0;            // Wall time of the generation.
   double simulated_seconds = 0;  // From the submit to the last simulated event.
 };
 
@@ -100,8 +100,7 @@ std::string SweepDbSpecText(const SweepDbOptions& options);
 absl::Status ValidateSweepDbOptions(const SweepDbOptions& options);
 
 // Generates the sweep into the database at `path` (created when missing).
-absl::StatusOr<SweepDbStats> GenerateSweepDb(const std::string& path,
-                                             const SweepDbOptions& options,
+absl::StatusOr<SweepDbStats> GenerateSweepDb(const std::string& path, const SweepDbOptions& options,
                                              const SweepDbProgressFn& progress = nullptr);
 
 // Metric rows a trial of `n_layers` that runs all `steps` steps writes with these options

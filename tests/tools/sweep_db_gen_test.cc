@@ -108,12 +108,12 @@ TEST(SweepDbGenTest, FinishedSweepHasEveryTrialRowSpikeAndDivergence) {
   // Every completed trial stored exactly the rows its depth implies, and reported its metric.
   for (int depth : options.depths) {
     const std::string in_depth =
-        "FROM trials WHERE state = 'completed' AND json_extract(params, '$.\"model.n_layers\"') = " +
+        "FROM trials WHERE state = 'completed' AND json_extract(params, '$.\"model.n_layers\"') "
+        "= " +
         std::to_string(depth);
     const int64_t trials = db.Int("SELECT COUNT(*) " + in_depth);
     ASSERT_GT(trials, 0) << depth;
-    EXPECT_EQ(db.Int("SELECT COUNT(*) FROM metrics WHERE trial_id IN (SELECT id " + in_depth +
-                     ")"),
+    EXPECT_EQ(db.Int("SELECT COUNT(*) FROM metrics WHERE trial_id IN (SELECT id " + in_depth + ")"),
               trials * RowsPerCompletedTrial(options, depth))
         << "depth " << depth;
     EXPECT_EQ(db.Int("SELECT COUNT(*) " + in_depth +
@@ -127,8 +127,7 @@ TEST(SweepDbGenTest, FinishedSweepHasEveryTrialRowSpikeAndDivergence) {
   // Spikes: none where the grid injects none (lr in the lower half, or depth 2); some in the
   // spiky cells (lr 3e-2 and 1e-1 at depth 6 and 10).
   auto spikes_in = [&](const std::string& cell) {
-    return db.Int("SELECT COUNT(*) FROM spikes s JOIN trials t ON t.id = s.trial_id WHERE " +
-                  cell);
+    return db.Int("SELECT COUNT(*) FROM spikes s JOIN trials t ON t.id = s.trial_id WHERE " + cell);
   };
   const std::string depth = "json_extract(t.params, '$.\"model.n_layers\"')";
   const std::string lr = "json_extract(t.params, '$.\"optim.lr\"')";
@@ -142,23 +141,26 @@ TEST(SweepDbGenTest, FinishedSweepHasEveryTrialRowSpikeAndDivergence) {
 
   // The diverged trials: NaN logged at the step they ended, found by the monitor, and the
   // trial ended through the diverged outcome with the monitor's reason.
-  for (const std::string& row : db.Rows(
-           "SELECT id, diverged_step, divergence_step, last_step FROM trials "
-           "WHERE state = 'diverged'")) {
+  for (const std::string& row :
+       db.Rows("SELECT id, diverged_step, divergence_step, last_step FROM trials "
+               "WHERE state = 'diverged'")) {
     SCOPED_TRACE(row);
     const std::string id = row.substr(0, row.find('|'));
     EXPECT_EQ(db.Scalar("SELECT diverged_step = divergence_step AND diverged_step = last_step "
-                        "FROM trials WHERE id = " + id),
+                        "FROM trials WHERE id = " +
+                        id),
               "1");
     EXPECT_EQ(db.Scalar("SELECT error FROM trials WHERE id = " + id).rfind("divergence: ", 0), 0u);
     EXPECT_EQ(db.Int("SELECT COUNT(*) FROM metrics WHERE trial_id = " + id +
                      " AND name = 'loss/out' AND nonfinite = 'nan' AND step = "
-                     "(SELECT diverged_step FROM trials WHERE id = " + id + ")"),
+                     "(SELECT diverged_step FROM trials WHERE id = " +
+                     id + ")"),
               1);
     EXPECT_EQ(db.Int("SELECT MAX(step) FROM metrics WHERE trial_id = " + id),
               db.Int("SELECT diverged_step FROM trials WHERE id = " + id));
     EXPECT_EQ(db.Int("SELECT COUNT(*) FROM events WHERE kind = 'divergence_detected' AND "
-                     "trial_id = " + id),
+                     "trial_id = " +
+                     id),
               1);
   }
   EXPECT_EQ(db.Int("SELECT COUNT(*) FROM trials WHERE divergence_step IS NOT NULL"), 2);
@@ -241,7 +243,10 @@ TEST(SweepDbGenTest, BadOptionsNameTheOption) {
     std::string expected;
   } cases[] = {
       {[](SweepDbOptions& o) { o.depths.clear(); }, "--depths"},
-      {[](SweepDbOptions& o) { o.lrs = {0.01, -1}; }, "--lrs"},
+      {[](SweepDbOptions& o) {
+         o.lrs = {0.01, -1};
+       },
+       "--lrs"},
       {[](SweepDbOptions& o) { o.seeds = 0; }, "--seeds"},
       {[](SweepDbOptions& o) { o.steps = 0; }, "--steps"},
       {[](SweepDbOptions& o) { o.running = 13 * 4; }, "--running"},
