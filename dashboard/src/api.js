@@ -40,7 +40,7 @@ export async function get(path, params = {}) {
   }
   if (!res.ok) {
     let msg = body && typeof body.error === 'string' ? body.error : `${res.status} ${res.statusText}`;
-    if (res.status === 401) msg += ' — open the dashboard once as /?token=TOKEN (the token sweepd was given)';
+    if (res.status === 401 && !/token/i.test(msg)) msg += ' — open the dashboard once as /?token=TOKEN (the token sweepd was given)';
     throw report(new ApiError(res.status, msg, url));
   }
   if (body === null) throw report(new ApiError(res.status, `${url}: the answer is not JSON`, url));

@@ -40,7 +40,7 @@ function logValues(u, splits, axisIdx) {
   return splits.map((v) => {
     if (!(v > 0)) return '';
     const m = v / 10 ** Math.floor(Math.log10(v) + 1e-9);
-    const keep = Math.abs(m - 1) < 1e-6 || (decades < 2.5 && (Math.abs(m - 2) < 1e-6 || Math.abs(m - 5) < 1e-6));
+    const keep = decades < 0.7 || Math.abs(m - 1) < 1e-6 || (decades < 2.5 && (Math.abs(m - 2) < 1e-6 || Math.abs(m - 5) < 1e-6));
     if (!keep) return '';
     return v >= 0.1 && v < 1e4 ? num(v, 3) : sci(v, 0);
   });
@@ -49,6 +49,20 @@ function logValues(u, splits, axisIdx) {
 // uPlot's own filter drops log ticks other than powers of ten; logValues chooses instead.
 function keepAll(u, splits) {
   return splits;
+}
+
+// Log ticks at 1..9 x 10^k inside the scale (uPlot's own start at the scale's minimum, which
+// is not a round number once the range is fitted to the data).
+function logSplits(u, axisIdx, min, max) {
+  const out = [];
+  if (!(min > 0 && max > min)) return out;
+  for (let e = Math.floor(Math.log10(min)); e <= Math.ceil(Math.log10(max)); e++) {
+    for (let m = 1; m < 10; m++) {
+      const v = Number((m * 10 ** e).toPrecision(12));
+      if (v >= min * (1 - 1e-9) && v <= max * (1 + 1e-9)) out.push(v);
+    }
+  }
+  return out;
 }
 
 function linValues(u, splits) {
@@ -213,8 +227,8 @@ export class LineChart {
         y: { distr: o.logY ? 3 : 1 },
       },
       axes: [
-        { label: o.xLabel, labelSize: 18, size: 36, values: o.logX ? logValues : linValues, filter: o.logX ? keepAll : undefined, stroke: '#444', grid: { stroke: '#eee' }, ticks: { stroke: '#ddd' } },
-        { label: o.yLabel, labelSize: 18, size: 56, values: o.logY ? logValues : linValues, filter: o.logY ? keepAll : undefined, stroke: '#444', grid: { stroke: '#eee' }, ticks: { stroke: '#ddd' } },
+        { label: o.xLabel, labelSize: 18, size: 36, values: o.logX ? logValues : linValues, splits: o.logX ? logSplits : undefined, filter: o.logX ? keepAll : undefined, stroke: '#444', grid: { stroke: '#eee' }, ticks: { stroke: '#ddd' } },
+        { label: o.yLabel, labelSize: 18, size: 56, values: o.logY ? logValues : linValues, splits: o.logY ? logSplits : undefined, filter: o.logY ? keepAll : undefined, stroke: '#444', grid: { stroke: '#eee' }, ticks: { stroke: '#ddd' } },
       ],
     };
   }

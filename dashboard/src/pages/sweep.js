@@ -242,7 +242,7 @@ export async function renderSweep(root, name, ctx) {
   const pcBody = section(root, 'Parallel coordinates');
   pcBody.classList.add('scroll-x');
   function drawParallel() {
-    renderParallel(pcBody, params, trialsAns.trials, { label: sweep.metric, goal: sweep.goal, value: (t) => (isFiniteNum(t.final) ? t.final : null) },
+    renderParallel(pcBody, params, trialsAns.trials, { label: sweep.metric, goal: sweep.goal, value: (t) => metricOf(t, 'final') },
       (t) => { location.hash = `#/trials/${t.id}`; });
   }
 
@@ -268,8 +268,8 @@ export async function renderSweep(root, name, ctx) {
       { key: 'id', label: 'id', value: (t) => t.id, render: (t) => el('a', { href: `#/trials/${t.id}` }, `#${t.id}`), cls: 'num' },
       ...keys.map((k) => ({ key: `p:${k}`, label: shortKey(k), title: k, value: (t) => t.params[k], render: (t) => param(k, t.params[k]), cls: 'num' })),
       { key: 'state', label: 'state', value: (t) => t.state, render: (t) => stateBadge(t.state) },
-      { key: 'final', label: `${sweep.metric}`, value: (t) => (isFiniteNum(t.final) ? t.final : null), render: (t) => num(t.final, 5), cls: 'num' },
-      { key: 'best', label: 'best', value: (t) => (isFiniteNum(t.best) ? t.best : null), render: (t) => num(t.best, 5), cls: 'num' },
+      { key: 'final', label: `${sweep.metric}`, value: (t) => metricOf(t, 'final'), render: (t) => metricCell(t, 'final'), cls: 'num' },
+      { key: 'best', label: 'best', value: (t) => metricOf(t, 'best'), render: (t) => metricCell(t, 'best'), cls: 'num' },
       { key: 'last_step', label: 'step', value: (t) => t.last_step, cls: 'num' },
       { key: 'spikes', label: 'spikes', value: (t) => t.spikes, render: (t) => (t.spikes ? el('span', { class: 'warn' }, String(t.spikes)) : '0'), cls: 'num' },
       { key: 'diverged', label: 'diverged at', value: (t) => t.diverged_step, render: (t) => (t.diverged_step === null || t.diverged_step === undefined ? '–' : el('span', { class: 'bad', title: t.divergence_reason || '' }, String(t.diverged_step))), cls: 'num' },
@@ -332,6 +332,20 @@ export async function renderSweep(root, name, ctx) {
       return isLive(sweep);
     });
   }
+}
+
+// A diverged trial's metric is never compared (docs/analysis.md): it sorts last and shows grey.
+function diverged(t) {
+  return t.state === 'diverged' || (t.diverged_step !== null && t.diverged_step !== undefined);
+}
+
+function metricOf(t, field) {
+  return !diverged(t) && isFiniteNum(t[field]) ? t[field] : null;
+}
+
+function metricCell(t, field) {
+  if (!diverged(t)) return num(t[field], 5);
+  return el('span', { class: 'muted', title: 'diverged: its value is not compared' }, num(t[field], 5));
 }
 
 function fact(label, value) {

@@ -50,7 +50,7 @@ export async function renderTrial(root, id, ctx) {
         ...Object.entries(t.params || {}).map(([k, v]) => fact(shortKey(k), param(k, v))),
         fact('attempt', String(t.attempt)),
         fact('step', num(t.last_step)),
-        fact('final', num(t.final, 5)),
+        fact('final', t.state === 'diverged' ? el('span', { class: 'muted', title: 'diverged: its value is not compared' }, num(t.final, 5)) : num(t.final, 5)),
         fact('best', num(t.best, 5)),
         fact('checkpoint', t.checkpoint_step === null || t.checkpoint_step === undefined ? '–' : `step ${t.checkpoint_step}`),
         t.divergence_step !== null && t.divergence_step !== undefined ? fact('diverged', el('span', { class: 'bad' }, `step ${t.divergence_step}${t.divergence_reason ? `: ${t.divergence_reason}` : ''}`)) : '',
@@ -144,6 +144,7 @@ export async function renderTrial(root, id, ctx) {
       return;
     }
     if (!ctx.alive) return;
+    logPre.hidden = !ans.available;
     if (!ans.available) {
       logInfo.textContent = `Not available: ${ans.reason || 'no reason given'}`;
       logPre.textContent = '';
