@@ -118,9 +118,12 @@ function sha256(file) {
   return fs.existsSync(file) ? createHash('sha256').update(fs.readFileSync(file)).digest('hex') : 'absent';
 }
 
-// The database as sweepd leaves it: the main file and its WAL (the -shm index is not data).
+// The database as sweepd leaves it: the main file and its WAL when it holds anything (an
+// empty WAL is no data; the -shm index never is).
 function dbDigest(db) {
-  return `${sha256(db)} wal:${sha256(`${db}-wal`)}`;
+  const wal = `${db}-wal`;
+  const walSize = fs.existsSync(wal) ? fs.statSync(wal).size : 0;
+  return `${sha256(db)} wal:${walSize ? sha256(wal) : 'empty'}`;
 }
 
 // Starts sweepd on free loopback ports; resolves to {proc, base, stop()} once the HTTP port
