@@ -19,8 +19,9 @@
 //    and the page opened once with ?token= renders and keeps working on the cookie.
 // 6. A sweep left running (make_sweep_db --running 2): the sweep page keeps polling and
 //    redrawing in place (body[data-updates] grows, the charts stay).
-// Prints one line per assertion; exits 1 on any failure (2 on bad usage). sweepd is always
-// killed; no step waits more than 60 s.
+// Prints one line per assertion; exits 1 on any failure, 2 on bad usage, 77 (skipped) when
+// /usr/bin/chromium or dashboard/node_modules is missing. sweepd is always killed; no step
+// waits more than 60 s.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -189,8 +190,19 @@ async function api(base, p, opts) {
 
 // ----- The browser --------------------------------------------------------------------------
 
+// Missing prerequisites exit 77 (CTest's SKIP_RETURN_CODE) with what to install.
+function skip(why) {
+  console.log(`SKIP ${why}`);
+  process.exit(77);
+}
+if (!fs.existsSync(args.chromium)) skip(`no browser at ${args.chromium} (apt-get install chromium)`);
 const require = createRequire(path.join(here, '..', '..', 'dashboard', 'package.json'));
-const { chromium } = require('playwright-core');
+let chromium;
+try {
+  ({ chromium } = require('playwright-core'));
+} catch (e) {
+  skip(`playwright-core is not installed (cd dashboard && npm ci): ${e.message.split('\n')[0]}`);
+}
 
 async function launch() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sweep-dash-chromium-'));
