@@ -27,7 +27,9 @@ function makeAxis(label, values, numeric, key) {
     const b = f(hi);
     const pos = (v) => (typeof v === 'number' && Number.isFinite(v) && (!log || v > 0) ? (b > a ? (f(v) - a) / (b - a) : 0.5) : null);
     const distinct = [...new Set(finite)].sort((x, y) => x - y);
-    const ticks = distinct.length <= 8 ? distinct : [0, 0.25, 0.5, 0.75, 1].map((t) => (log ? 10 ** (a + t * (b - a)) : a + t * (b - a)));
+    const integer = finite.every((v) => Number.isInteger(v));
+    let ticks = distinct.length <= 8 ? distinct : [0, 0.25, 0.5, 0.75, 1].map((t) => (log ? 10 ** (a + t * (b - a)) : a + t * (b - a)));
+    if (integer) ticks = [...new Set(ticks.map(Math.round))];
     return { label, pos, ticks, fmt: (v) => param(key, v) };
   }
   const cats = [...new Set(values.filter((v) => v !== null && v !== undefined).map((v) => JSON.stringify(v)))];
@@ -54,7 +56,9 @@ export function renderParallel(container, params, trials, metric, onClick) {
   const plotH = height - m.top - m.bottom;
   const y = (p) => (p === null ? height - m.bottom + 16 : m.top + (1 - p) * plotH);
 
-  const root = svg('svg', { class: 'parallel', width, height, viewBox: `0 0 ${width} ${height}` });
+  // Many lines: fainter, so where they bunch shows.
+  const opacity = Math.max(0.15, Math.min(0.8, 6 / Math.sqrt(Math.max(1, trials.length))));
+  const root = svg('svg', { class: 'parallel', width, height, viewBox: `0 0 ${width} ${height}`, style: `--pc-opacity:${opacity.toFixed(2)}` });
   const lo = Math.min(...mvals);
   const hi = Math.max(...mvals);
   const goodness = (v) => (hi > lo ? (metric.goal === 'maximize' ? (hi - v) / (hi - lo) : (v - lo) / (hi - lo)) : 0);

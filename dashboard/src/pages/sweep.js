@@ -320,13 +320,20 @@ export async function renderSweep(root, name, ctx) {
   drawEvents();
   await Promise.all([refreshHeatmap(), refreshCurves(), refreshTraces(), refreshAnalysis()]);
 
+  let trialsSignature = JSON.stringify(trialsAns.trials);
   if (isLive(sweep)) {
     ctx.poll(async () => {
       [sweep, trialsAns] = await Promise.all([get(`sweeps/${enc}`), get(`sweeps/${enc}/trials`)]);
       if (!ctx.alive) return false;
       renderHeader();
-      drawParallel();
-      table.update(trialsAns.trials);
+      // The table and the parallel coordinates are the costly redraws (thousands of rows and
+      // paths): only when a trial changed.
+      const signature = JSON.stringify(trialsAns.trials);
+      if (signature !== trialsSignature) {
+        trialsSignature = signature;
+        drawParallel();
+        table.update(trialsAns.trials);
+      }
       drawEvents();
       await Promise.all([refreshHeatmap(), refreshCurves(), refreshTraces(), refreshAnalysis()]);
       return isLive(sweep);
