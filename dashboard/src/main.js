@@ -15,8 +15,8 @@
 //                          trial-probes (trial page)
 //   [data-series=N]        on each chart: the data series drawn (lines and point sets; not
 //                          spike markers, not interval-band edges)
-//   [data-spikes=N]        on charts that mark spikes (traces-grad, traces-loss, trial-grad):
-//                          the spike markers drawn
+//   [data-spikes=N]        on charts that mark spikes (traces-grad, traces-loss, trial-grad,
+//                          trial-loss): the spike markers drawn (the series' `spikes`)
 //   [data-trials="1,2"]    on traces-grad / traces-loss: the trial ids overlaid
 //   td.cell[data-x][data-y]  heatmap cells, one per (x, y) pair of the grid answer
 //   path.pc-line           parallel coordinates: one per trial (with data-trial-id)

@@ -372,6 +372,8 @@ async function mainRun(db) {
     const trialSpikes = (trial.spikes || []).filter((s) => s.name === 'optim/grad_norm').length;
     equal(`trial ${pick.id}: grad-norm spike markers = its spikes`, await chartAttr(page, 'trial-grad', 'data-spikes'), trialSpikes);
     check(`trial ${pick.id}: has spikes to mark`, trialSpikes > 0, `${trialSpikes}`);
+    const lossSpikes = (trial.spikes || []).filter((s) => s.name === 'loss/out' || s.name === 'loss/val').length;
+    equal(`trial ${pick.id}: loss spike markers = its loss spikes`, await chartAttr(page, 'trial-loss', 'data-spikes'), lossSpikes);
     await page.screenshot({ path: path.join(out, 'trial.png'), fullPage: true });
 
     // A diverged trial (non-finite values) renders too.

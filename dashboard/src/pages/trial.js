@@ -66,7 +66,7 @@ export async function renderTrial(root, id, ctx) {
   for (const k of ['loss', 'lr', 'grad', 'layers', 'probes']) boxes[k] = el('div');
   chartsBody.append(el('div', { class: 'grid2' }, boxes.loss, boxes.lr, boxes.grad, boxes.layers), boxes.probes);
   const charts = {
-    loss: ctx.own(new LineChart(boxes.loss, { id: 'trial-loss', title: 'loss', xLabel: 'step', height: 240 })),
+    loss: ctx.own(new LineChart(boxes.loss, { id: 'trial-loss', title: 'loss (● spikes)', xLabel: 'step', markers: true, height: 240 })),
     lr: ctx.own(new LineChart(boxes.lr, { id: 'trial-lr', title: 'learning rate', xLabel: 'step', height: 240 })),
     grad: ctx.own(new LineChart(boxes.grad, { id: 'trial-grad', title: 'grad norm (● spikes)', xLabel: 'step', logY: true, markers: true, height: 240 })),
     layers: ctx.own(new LineChart(boxes.layers, { id: 'trial-layers', title: 'per-layer grad norms', xLabel: 'step', logY: true, height: 240 })),
@@ -81,6 +81,7 @@ export async function renderTrial(root, id, ctx) {
     const by = new Map(ans.series.map((s) => [s.name, s]));
     const pick = (n) => by.get(n);
     const loss = [pick('loss/out'), pick('loss/val')].filter(Boolean).map((s, i) => line(s, color(i), s.name === 'loss/val' ? { showPoints: s.steps.length < 200, spanGaps: true } : {}));
+    for (const s of [pick('loss/out'), pick('loss/val')]) if (s) loss.push(spikeMarkers(`${s.name} spikes`, s.spikes));
     charts.loss.update(loss, 'no loss logged');
     charts.lr.update(pick('optim/lr') ? [line(pick('optim/lr'), color(0))] : [], 'no lr logged');
     const g = pick('optim/grad_norm');
