@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include <spdlog/spdlog.h>
+
 #include "absl/strings/str_cat.h"
 #include "analysis/analysis.h"
 #include "orchestrator/sql.h"
@@ -104,8 +106,32 @@ grpc::Status OrchestratorService::Authorize(grpc::ServerContext* context) const 
 }
 
 void OrchestratorService::ExpireLeases() {
+  // While the database cannot be written, heartbeats cannot renew leases: expiring them then,
+  // or within one lease TTL after it can be written again, would take trials from workers
+  // that never stopped heartbeating.
+  if (storage_failing_.load() || clock_->Now() - storage_recovered_at_.load() < scheduler_->lease_ttl()) return;
   std::lock_guard<std::mutex> lock(mu_);
   (void)scheduler_->ExpireLeases();
+}
+
+grpc::Status OrchestratorService::Reply(const absl::Status& s) {
+  if (IsStorageFailure(s)) {
+    refused_while_failing_.fetch_add(1);
+    if (!storage_failing_.exchange(true)) {
+      spdlog::error("cannot write the database {}: {}. Requests that write are refused (workers keep "
+                    "their rows and retry); nothing is dropped. Free space to recover.",
+                    options_.db_path, std::string(s.message()));
+    }
+  }
+  return ToGrpc(s);
+}
+
+void OrchestratorService::StorageOk() {
+  if (!storage_failing_.load() || !storage_failing_.exchange(false)) return;
+  storage_recovered_at_.store(clock_->Now());
+  spdlog::info("the database {} is writable again ({} requests were refused meanwhile); lease expiry "
+               "resumes in {:.0f} s",
+               options_.db_path, refused_while_failing_.exchange(0), scheduler_->lease_ttl());
 }
 
 absl::Status OrchestratorService::FillSweep(const std::string& name_or_id, v1::Sweep* out) {
@@ -130,21 +156,21 @@ grpc::Status OrchestratorService::SubmitSweep(grpc::ServerContext* context,
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   const std::string origin = request->origin().empty() ? "spec" : request->origin();
   absl::StatusOr<SweepSpec> spec = ParseSweepSpec(request->spec_yaml(), origin, options_.spec_limits);
-  if (!spec.ok()) return ToGrpc(spec.status());
+  if (!spec.ok()) return Reply(spec.status());
   absl::StatusOr<std::vector<TrialSpec>> trials = ExpandSweep(*spec, options_.spec_limits);
-  if (!trials.ok()) return ToGrpc(trials.status());
+  if (!trials.ok()) return Reply(trials.status());
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<SubmitResult> result = store_->SubmitSweep(*spec, *trials, clock_->Now());
-  if (!result.ok()) return ToGrpc(result.status());
+  if (!result.ok()) return Reply(result.status());
   response->set_created(result->created);
-  return ToGrpc(FillSweep(absl::StrCat(result->sweep_id), response->mutable_sweep()));
+  return Reply(FillSweep(absl::StrCat(result->sweep_id), response->mutable_sweep()));
 }
 
 grpc::Status OrchestratorService::GetSweep(grpc::ServerContext* context, const v1::SweepRef* request,
                                            v1::Sweep* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
-  return ToGrpc(FillSweep(request->sweep(), response));
+  return Reply(FillSweep(request->sweep(), response));
 }
 
 grpc::Status OrchestratorService::ListSweeps(grpc::ServerContext* context,
@@ -153,10 +179,10 @@ grpc::Status OrchestratorService::ListSweeps(grpc::ServerContext* context,
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::vector<SweepRow>> rows = store_->ListSweeps();
-  if (!rows.ok()) return ToGrpc(rows.status());
+  if (!rows.ok()) return Reply(rows.status());
   for (const SweepRow& row : *rows) {
     if (absl::Status s = FillSweep(absl::StrCat(row.id), response->add_sweeps()); !s.ok()) {
-      return ToGrpc(s);
+      return Reply(s);
     }
   }
   return grpc::Status::OK;
@@ -168,25 +194,25 @@ grpc::Status OrchestratorService::PauseSweep(grpc::ServerContext* context,
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
   if (absl::Status s = scheduler_->PauseSweep(request->sweep(), request->stop_running()); !s.ok()) {
-    return ToGrpc(s);
+    return Reply(s);
   }
-  return ToGrpc(FillSweep(request->sweep(), response));
+  return Reply(FillSweep(request->sweep(), response));
 }
 
 grpc::Status OrchestratorService::ResumeSweep(grpc::ServerContext* context,
                                               const v1::SweepRef* request, v1::Sweep* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = scheduler_->ResumeSweep(request->sweep()); !s.ok()) return ToGrpc(s);
-  return ToGrpc(FillSweep(request->sweep(), response));
+  if (absl::Status s = scheduler_->ResumeSweep(request->sweep()); !s.ok()) return Reply(s);
+  return Reply(FillSweep(request->sweep(), response));
 }
 
 grpc::Status OrchestratorService::CancelSweep(grpc::ServerContext* context,
                                               const v1::SweepRef* request, v1::Sweep* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = scheduler_->CancelSweep(request->sweep()); !s.ok()) return ToGrpc(s);
-  return ToGrpc(FillSweep(request->sweep(), response));
+  if (absl::Status s = scheduler_->CancelSweep(request->sweep()); !s.ok()) return Reply(s);
+  return Reply(FillSweep(request->sweep(), response));
 }
 
 grpc::Status OrchestratorService::ListTrials(grpc::ServerContext* context,
@@ -195,9 +221,9 @@ grpc::Status OrchestratorService::ListTrials(grpc::ServerContext* context,
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<SweepRow> sweep = store_->GetSweep(request->sweep());
-  if (!sweep.ok()) return ToGrpc(sweep.status());
+  if (!sweep.ok()) return Reply(sweep.status());
   absl::StatusOr<std::vector<TrialRow>> rows = store_->ListTrials(sweep->id, request->state());
-  if (!rows.ok()) return ToGrpc(rows.status());
+  if (!rows.ok()) return Reply(rows.status());
   for (const TrialRow& row : *rows) ToTrial(row, response->add_trials());
   return grpc::Status::OK;
 }
@@ -207,7 +233,7 @@ grpc::Status OrchestratorService::GetTrial(grpc::ServerContext* context,
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<TrialRow> row = store_->GetTrial(request->trial_id());
-  if (!row.ok()) return ToGrpc(row.status());
+  if (!row.ok()) return Reply(row.status());
   ToTrial(*row, response);
   return grpc::Status::OK;
 }
@@ -216,9 +242,9 @@ grpc::Status OrchestratorService::CancelTrial(grpc::ServerContext* context,
                                               const v1::TrialRef* request, v1::Trial* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = scheduler_->CancelTrial(request->trial_id()); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = scheduler_->CancelTrial(request->trial_id()); !s.ok()) return Reply(s);
   absl::StatusOr<TrialRow> row = store_->GetTrial(request->trial_id());
-  if (!row.ok()) return ToGrpc(row.status());
+  if (!row.ok()) return Reply(row.status());
   ToTrial(*row, response);
   return grpc::Status::OK;
 }
@@ -227,9 +253,9 @@ grpc::Status OrchestratorService::RetryTrial(grpc::ServerContext* context,
                                              const v1::TrialRef* request, v1::Trial* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = scheduler_->RetryTrial(request->trial_id()); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = scheduler_->RetryTrial(request->trial_id()); !s.ok()) return Reply(s);
   absl::StatusOr<TrialRow> row = store_->GetTrial(request->trial_id());
-  if (!row.ok()) return ToGrpc(row.status());
+  if (!row.ok()) return Reply(row.status());
   ToTrial(*row, response);
   return grpc::Status::OK;
 }
@@ -243,7 +269,7 @@ grpc::Status OrchestratorService::ListWorkers(grpc::ServerContext* context,
                "SELECT w.id, w.name, w.host, w.gpus, w.cpu_slots, w.state, w.consecutive_failures, "
                "w.last_seen, (SELECT COUNT(*) FROM trials t WHERE t.worker_id = w.id "
                "AND t.state IN ('leased', 'running')) FROM workers w ORDER BY w.id");
-  if (!st.status().ok()) return ToGrpc(st.status());
+  if (!st.status().ok()) return Reply(st.status());
   while (st.Step() == SQLITE_ROW) {
     v1::Worker* w = response->add_workers();
     w->set_id(st.Int(0));
@@ -268,7 +294,7 @@ grpc::Status OrchestratorService::WatchSweep(grpc::ServerContext* context,
   {
     std::lock_guard<std::mutex> lock(mu_);
     absl::StatusOr<SweepRow> sweep = store_->GetSweep(request->sweep());
-    if (!sweep.ok()) return ToGrpc(sweep.status());
+    if (!sweep.ok()) return Reply(sweep.status());
     sweep_id = sweep->id;
   }
   while (!context->IsCancelled()) {
@@ -316,7 +342,7 @@ grpc::Status OrchestratorService::AnalyzeSweep(grpc::ServerContext* context,
   {
     std::lock_guard<std::mutex> lock(mu_);
     absl::StatusOr<SweepRow> sweep = store_->GetSweep(request->sweep());
-    if (!sweep.ok()) return ToGrpc(sweep.status());
+    if (!sweep.ok()) return Reply(sweep.status());
     sweep_id = sweep->id;
   }
   sqlite3* db = nullptr;
@@ -330,14 +356,14 @@ grpc::Status OrchestratorService::AnalyzeSweep(grpc::ServerContext* context,
   options.group_by.assign(request->group_by().begin(), request->group_by().end());
   absl::StatusOr<analysis::SweepAnalysis> result = analysis::AnalyzeSweep(db, sweep_id, options);
   sqlite3_close(db);
-  if (!result.ok()) return ToGrpc(result.status());
+  if (!result.ok()) return Reply(result.status());
   const std::string json = analysis::ToJson(*result).dump();
   response->set_json(json);
   response->set_text(analysis::RenderText(*result));
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<int64_t> id =
       store_->RecordAnalysis(clock_->Now(), sweep_id, nlohmann::json(options.group_by).dump(), json);
-  if (!id.ok()) return ToGrpc(id.status());
+  if (!id.ok()) return Reply(id.status());
   response->set_analysis_id(*id);
   return grpc::Status::OK;
 }
@@ -347,7 +373,7 @@ grpc::Status OrchestratorService::Query(grpc::ServerContext* context,
                                         v1::QueryResponse* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   absl::StatusOr<std::unique_ptr<Store>> reader = Store::OpenReadOnly(options_.db_path);
-  if (!reader.ok()) return ToGrpc(reader.status());
+  if (!reader.ok()) return Reply(reader.status());
   sqlite3* db = (*reader)->db();
   sqlite3_set_authorizer(db, ReadOnlyAuthorizer, nullptr);
   const auto deadline =
@@ -411,10 +437,10 @@ grpc::Status OrchestratorService::RegisterWorker(grpc::ServerContext* context,
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<int64_t> id = scheduler_->RegisterWorker(
       {request->name(), request->host(), request->gpus(), request->cpu_slots(), labels.dump()});
-  if (!id.ok()) return ToGrpc(id.status());
+  if (!id.ok()) return Reply(id.status());
   // A restarted worker learns which trials it still holds, under leases just renewed.
   absl::StatusOr<std::vector<Lease>> held = scheduler_->HeldTrials(*id);
-  if (!held.ok()) return ToGrpc(held.status());
+  if (!held.ok()) return Reply(held.status());
   response->set_worker_id(*id);
   response->set_lease_ttl_seconds(scheduler_->lease_ttl());
   for (const Lease& lease : *held) ToLease(lease, response->add_held());
@@ -436,7 +462,7 @@ grpc::Status OrchestratorService::LeaseTrials(grpc::ServerContext* context,
       absl::StatusOr<std::vector<Lease>> leases = scheduler_->LeaseTrials(
           request->worker_id(), request->free_gpus(), request->free_cpu_slots(),
           request->max_trials() > 0 ? request->max_trials() : 1);
-      if (!leases.ok()) return ToGrpc(leases.status());
+      if (!leases.ok()) return Reply(leases.status());
       for (const Lease& lease : *leases) ToLease(lease, response->add_leases());
     }
     if (response->leases_size() > 0 || std::chrono::steady_clock::now() >= deadline ||
@@ -455,7 +481,8 @@ grpc::Status OrchestratorService::Heartbeat(grpc::ServerContext* context,
   for (const auto& p : request->trials()) progress.push_back({p.trial_id(), p.attempt(), p.step()});
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::vector<StopRequest>> stops = scheduler_->Heartbeat(request->worker_id(), progress);
-  if (!stops.ok()) return ToGrpc(stops.status());
+  if (!stops.ok()) return Reply(stops.status());
+  StorageOk();  // the heartbeat renewed its leases: a write went through
   for (const StopRequest& stop : *stops) {
     auto* out = response->add_stop();
     out->set_trial_id(stop.trial_id);
@@ -469,7 +496,7 @@ grpc::Status OrchestratorService::StartTrial(grpc::ServerContext* context,
                                              const v1::TrialAttempt* request, v1::Ack*) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
-  return ToGrpc(scheduler_->MarkRunning(request->trial_id(), request->attempt()));
+  return Reply(scheduler_->MarkRunning(request->trial_id(), request->attempt()));
 }
 
 grpc::Status OrchestratorService::StreamMetrics(grpc::ServerContext* context,
@@ -494,7 +521,8 @@ grpc::Status OrchestratorService::StreamMetrics(grpc::ServerContext* context,
     received += batch.metrics_size();
     std::lock_guard<std::mutex> lock(mu_);
     absl::StatusOr<int64_t> added = monitor_.Ingest(rows);
-    if (!added.ok()) return ToGrpc(added.status());
+    if (!added.ok()) return Reply(added.status());
+    if (*added > 0) StorageOk();
     stored += *added;
   }
   response->set_rows_received(received);
@@ -507,7 +535,7 @@ grpc::Status OrchestratorService::ReportCheckpoint(grpc::ServerContext* context,
                                                    v1::Ack*) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
   std::lock_guard<std::mutex> lock(mu_);
-  return ToGrpc(scheduler_->ReportCheckpoint(request->trial_id(), request->attempt(),
+  return Reply(scheduler_->ReportCheckpoint(request->trial_id(), request->attempt(),
                                              request->path(), request->step()));
 }
 
@@ -543,8 +571,11 @@ grpc::Status OrchestratorService::CompleteTrial(grpc::ServerContext* context,
   c.exit_code = request->exit_code();
   std::lock_guard<std::mutex> lock(mu_);
   absl::Status s = scheduler_->Complete(request->trial_id(), request->attempt(), c);
-  if (s.ok()) monitor_.Forget(request->trial_id());
-  return ToGrpc(s);
+  if (s.ok()) {
+    monitor_.Forget(request->trial_id());
+    StorageOk();
+  }
+  return Reply(s);
 }
 
 }  // namespace sweep::orchestrator

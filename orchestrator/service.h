@@ -3,6 +3,10 @@
 // serialises access to the database, so the Store keeps a single writer. Metrics go through
 // the Monitor (monitor.h): spikes, divergence and early termination on ingest.
 //
+// A database that cannot be written (full disk, I/O error) is reported once in the log;
+// the requests that need a write fail with RESOURCE_EXHAUSTED or UNAVAILABLE (workers keep
+// their rows and retry), and leases do not expire until it recovers.
+//
 // Auth: with a non-empty token every call must carry `authorization: Bearer <token>`
 // (compared in constant time), else UNAUTHENTICATED.
 // Query: runs on a fresh read-only connection with an authorizer that allows only reading
@@ -10,6 +14,7 @@
 #ifndef SWEEP_ORCHESTRATOR_SERVICE_H_
 #define SWEEP_ORCHESTRATOR_SERVICE_H_
 
+#include <atomic>
 #include <mutex>
 #include <string>
 
@@ -86,6 +91,11 @@ class OrchestratorService final : public sweep::v1::Orchestrator::Service {
 
  private:
   grpc::Status Authorize(grpc::ServerContext* context) const;
+  // ToGrpc(s), noting a database that cannot be written (full disk, I/O error): logged once,
+  // and lease expiry is held until it can be written again (see ExpireLeases).
+  grpc::Status Reply(const absl::Status& s);
+  // A write went through: if the database was failing, it recovered.
+  void StorageOk();
   // Fills a Sweep message (with trial counts by state). Caller holds mu_.
   absl::Status FillSweep(const std::string& name_or_id, v1::Sweep* out);
 
@@ -95,6 +105,9 @@ class OrchestratorService final : public sweep::v1::Orchestrator::Service {
   Store* const store_;          // GUARDED_BY(mu_)
   Scheduler* const scheduler_;  // GUARDED_BY(mu_)
   Monitor monitor_;             // GUARDED_BY(mu_)
+  std::atomic<bool> storage_failing_{false};
+  std::atomic<double> storage_recovered_at_{0};
+  std::atomic<int64_t> refused_while_failing_{0};
 };
 
 }  // namespace sweep::orchestrator

@@ -206,6 +206,8 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A file-size limit (ulimit -f) must fail a write, which SQLite reports, not kill sweepd.
+  signal(SIGXFSZ, SIG_IGN);
   spdlog::set_default_logger(spdlog::stderr_color_mt("sweepd"));
   spdlog::set_pattern("[%H:%M:%S.%e] %^%l%$ %v");
   return Main(argc, argv);

@@ -10,7 +10,9 @@
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -63,6 +65,20 @@ std::string Tail(const std::string& path, size_t bytes) {
   std::ifstream in(path, std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return text.size() > bytes ? "..." + text.substr(text.size() - bytes) : text;
+}
+
+// Writes a whole file; the error names the file and why (a full disk, a read-only folder), so
+// the trial fails with that reason instead of starting on a truncated config.
+absl::Status WriteWholeFile(const std::string& path, const std::string& text) {
+  errno = 0;
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.flush();
+  if (!out) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot write ", path, ": ", errno != 0 ? std::strerror(errno) : "write failed"));
+  }
+  return absl::OkStatus();
 }
 
 bool Unreachable(const grpc::Status& s) {
@@ -409,7 +425,10 @@ class Worker {
     std::vector<std::string> args;
     try {
       if (t.builtin) {
-        std::ofstream(config) << lease.config_yaml();
+        if (absl::Status s = WriteWholeFile(config, lease.config_yaml()); !s.ok()) {
+          t.start_error = std::string(s.message());
+          return;
+        }
         program = options_.sweep_train;
         args = {"--config", config, "--dump-dir", t.dir, "threads=" + threads};
         if (!t.gpus.empty()) args.push_back("device=cuda");
@@ -423,7 +442,10 @@ class Worker {
         node["dump_dir"] = t.dir;
         YAML::Emitter out;
         out << node;
-        std::ofstream(config) << out.c_str() << "\n";
+        if (absl::Status s = WriteWholeFile(config, std::string(out.c_str()) + "\n"); !s.ok()) {
+          t.start_error = std::string(s.message());
+          return;
+        }
         const std::map<std::string, std::string> vars = {
             {"config", config},
             {"trial_dir", t.dir},
