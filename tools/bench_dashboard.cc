@@ -107,6 +107,7 @@ SweepDbOptions TraceSweep(const std::string& name, int64_t steps, uint64_t seed)
   o.probe_every = 0;
   o.layer_metrics = false;
   o.only_metrics = {"optim/grad_norm"};
+  o.workers = 1;
   return o;
 }
 
