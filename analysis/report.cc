@@ -160,7 +160,25 @@ json GroupJson(const GroupResult& g) {
   };
 }
 
-json ScalingJson(const ScalingFit& s) {
+// The fitted line's interval (the one predictions use) at 40 points log-spaced from the
+// smallest x fitted to `x_hi`: what a plot shades around the line. Null ends are unbounded.
+json Band(const ScalingFit& s, double x_hi) {
+  json band = json::array();
+  if (!s.fit || !(s.x_min > 0) || !(x_hi > s.x_min)) return band;
+  constexpr int kPoints = 40;
+  const double lo = std::log10(s.x_min), hi = std::log10(x_hi);
+  for (int i = 0; i < kPoints; ++i) {
+    const double x = std::pow(10.0, lo + (hi - lo) * i / (kPoints - 1));
+    const Interval ci = s.fit->PredictLog10Interval(x);
+    band.push_back({{"x", x},
+                    {"lo", std::isfinite(ci.lo) ? json(std::pow(10.0, ci.lo)) : json(nullptr)},
+                    {"hi", std::isfinite(ci.hi) ? json(std::pow(10.0, ci.hi)) : json(nullptr)}});
+  }
+  return band;
+}
+
+// `x_hi`: the largest x the band reaches (the farthest extrapolation target, or x_max).
+json ScalingJson(const ScalingFit& s, double x_hi) {
   json j = {{"quantity", s.quantity},
             {"variable", s.variable},
             {"ok", s.status.ok()},
@@ -177,6 +195,7 @@ json ScalingJson(const ScalingFit& s) {
     j["prefactor_ci"] = Log10PairAsLr(s.log10_prefactor_ci);
     j["r2"] = Num(s.r2);
     j["x_range"] = json::array({Num(s.x_min), Num(s.x_max)});
+    j["band"] = Band(s, std::max(s.x_max, x_hi));
   }
   return j;
 }
@@ -292,7 +311,15 @@ json ToJson(const SweepAnalysis& a) {
   json groups = json::array();
   for (const GroupResult& g : a.groups) groups.push_back(GroupJson(g));
   json scaling = json::array();
-  for (const ScalingFit& s : a.scaling) scaling.push_back(ScalingJson(s));
+  for (const ScalingFit& s : a.scaling) {
+    double x_hi = s.x_max;
+    for (const Extrapolation& e : a.extrapolations) {
+      for (const Prediction& p : e.predictions) {
+        if (p.fit == s.Label() && p.status.ok()) x_hi = std::max(x_hi, p.x);
+      }
+    }
+    scaling.push_back(ScalingJson(s, x_hi));
+  }
   json extrapolations = json::array();
   for (const Extrapolation& e : a.extrapolations) {
     json predictions = json::array();

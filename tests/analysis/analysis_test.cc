@@ -164,6 +164,27 @@ TEST(Analyze, FindsTheMaximumStableLrPerDepthAndTheSpikesBehindIt) {
   EXPECT_FALSE(HasNan(j));
   EXPECT_EQ(j["groups"].size(), s.shapes.size());
   EXPECT_EQ(j["extrapolations"].size(), 2u);
+  // Each fit carries the band a plot shades around its line: from the smallest x fitted out to
+  // the farthest target, holding the fitted line, and as wide at a target as its prediction.
+  for (const nlohmann::json& fit : j["scaling"]) {
+    if (!fit["ok"].get<bool>()) continue;
+    const nlohmann::json& band = fit["band"];
+    ASSERT_EQ(band.size(), 40u) << fit["quantity"];
+    EXPECT_DOUBLE_EQ(band[0]["x"].get<double>(), fit["x_range"][0].get<double>());
+    for (const nlohmann::json& point : band) {
+      const double x = point["x"], line = fit["prefactor"].get<double>() * std::pow(x, fit["exponent"].get<double>());
+      if (point["lo"].is_number()) EXPECT_LE(point["lo"].get<double>(), line * (1 + 1e-9));
+      if (point["hi"].is_number()) EXPECT_GE(point["hi"].get<double>(), line * (1 - 1e-9));
+    }
+    for (const nlohmann::json& e : j["extrapolations"]) {
+      for (const nlohmann::json& p : e["predictions"]) {
+        if (p["fit"] == fit["quantity"].get<std::string>() + " ~ " + fit["variable"].get<std::string>() &&
+            p["ok"].get<bool>()) {
+          EXPECT_LE(p["x"].get<double>(), band.back()["x"].get<double>() * (1 + 1e-9));
+        }
+      }
+    }
+  }
   std::printf("%s", text.c_str());
 }
 
