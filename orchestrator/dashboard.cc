@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "analysis/analysis.h"
+#include "orchestrator/auth.h"
 #include "orchestrator/sql.h"
 
 namespace sweep::orchestrator {
@@ -71,12 +72,6 @@ json TextOrNull(Statement& st, int col) { return st.IsNull(col) ? json(nullptr) 
 json ParseObject(const std::string& text) {
   json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
   return value.is_discarded() ? json::object() : value;
-}
-
-bool ConstantTimeEquals(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % std::max<size_t>(b.size(), 1)];
-  return diff == 0;
 }
 
 std::string CookieValue(const std::string& header, const std::string& name) {
