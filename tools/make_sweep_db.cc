@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
       "detector's). Deterministic: the same options and --seed give the same content.\n\n"
       "Examples:\n"
       "  make_sweep_db --db /tmp/sweep.db\n"
-      "  make_sweep_db --db /tmp/big.db --seeds 167 --steps 500     # 2,004 trials, ~20 M rows\n"
+      "  make_sweep_db --db /tmp/big.db --seeds 167 --steps 500     # 2,004 trials, ~23 M rows\n"
       "  make_sweep_db --db /tmp/live.db --running 3 --lease-ttl 1e9  # 3 trials left running\n"
       "  sweepd --db /tmp/sweep.db --http 127.0.0.1:8080",
       "make_sweep_db"};
@@ -57,8 +57,8 @@ int main(int argc, char** argv) {
   app.add_option("--seeds", options.seeds, "Seeds per (depth, lr) cell")->capture_default_str();
   app.add_option("--steps", options.steps, "Trainer steps per trial")->capture_default_str();
   app.add_flag("--layers-metrics,!--no-layers-metrics", options.layer_metrics,
-               "Per-group grad norms (grad_norm/layers.<i>.attention, ...) every step")
-      ->capture_default_str();
+               "Per-group grad norms (grad_norm/layers.<i>.attention, ...) every step "
+               "(default: on)");
   app.add_option("--eval-every", options.eval_every,
                  "loss/val every K steps and at the end (0: at the end only)")
       ->capture_default_str();
@@ -75,8 +75,8 @@ int main(int argc, char** argv) {
                  "Lease lifetime in seconds; the running trials' leases end this long after the "
                  "simulated end, so a real sweepd requeues them then (1e9 keeps them running)")
       ->capture_default_str();
-  app.add_option("--start-time", options.start_time, "Unix time of the simulated submit")
-      ->capture_default_str();
+  app.add_option("--start-time", options.start_time,
+                 "Unix time of the simulated submit (default: 2026-01-01 00:00 UTC)");
   app.add_option("--only", options.only_metrics,
                  "Write only these metric names (e.g. optim/grad_norm)")
       ->delimiter(',');
