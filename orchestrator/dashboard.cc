@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "analysis/analysis.h"
 #include "orchestrator/auth.h"
+#include "orchestrator/metric_blocks.h"
 #include "orchestrator/sql.h"
 
 namespace sweep::orchestrator {
@@ -455,9 +456,10 @@ absl::StatusOr<json> TrialDetail(Store& store, int64_t trial_id) {
   return out;
 }
 
-// One metric of one trial in [from, to], at most `points` points: min and max per bucket.
-absl::StatusOr<json> Series(sqlite3* db, int64_t trial_id, const std::string& name, int64_t from, int64_t to,
-                            int points) {
+// The rows of one metric of one trial in [from, to], in step order; NaN where the stored value
+// was not finite (its kind in `kinds`, by step).
+absl::Status ReadRows(sqlite3* db, int64_t trial_id, const std::string& name, int64_t from, int64_t to,
+                      std::vector<int64_t>* steps, std::vector<double>* values, std::map<int64_t, std::string>* kinds) {
   Statement st(db,
                "SELECT step, value, nonfinite FROM metrics WHERE trial_id = ?1 AND name = ?2"
                " AND step BETWEEN ?3 AND ?4 ORDER BY step");
@@ -466,57 +468,128 @@ absl::StatusOr<json> Series(sqlite3* db, int64_t trial_id, const std::string& na
   st.Bind(2, name);
   st.Bind(3, from);
   st.Bind(4, to);
-  std::vector<int64_t> steps;
-  std::vector<double> values;  // NaN where the stored value was not finite
-  json nonfinite = json::array();
   int rc;
   while ((rc = st.Step()) == SQLITE_ROW) {
-    steps.push_back(st.Int(0));
+    steps->push_back(st.Int(0));
     if (st.IsNull(1)) {
-      values.push_back(std::numeric_limits<double>::quiet_NaN());
-      nonfinite.push_back({{"step", st.Int(0)}, {"kind", st.IsNull(2) ? "nan" : st.Text(2)}});
+      const std::string kind = st.IsNull(2) ? "nan" : st.Text(2);
+      values->push_back(kind == "inf" ? std::numeric_limits<double>::infinity()
+                        : kind == "-inf" ? -std::numeric_limits<double>::infinity()
+                                         : std::numeric_limits<double>::quiet_NaN());
+      (*kinds)[st.Int(0)] = kind;
     } else {
-      values.push_back(st.Double(1));
+      values->push_back(st.Double(1));
     }
   }
-  if (rc != SQLITE_DONE) return st.Error("series");
+  return rc == SQLITE_DONE ? absl::OkStatus() : st.Error("series");
+}
 
-  json out_steps = json::array(), out_values = json::array();
-  auto emit = [&](size_t i) {
+// A trace as min/max per bucket: at most `points` points (two per bucket, plus the bucket's
+// first non-finite row), so a one-step spike survives any zoom. Two ways to the same answer:
+//   * from the rows: `points / 2` buckets of equal step width;
+//   * for long traces (at least one whole block per bucket), from metric_blocks: buckets of
+//     whole blocks, reading only the block summaries and the raw rows of the two edge blocks
+//     that [from, to] cuts. A million steps is then ~4,000 block rows instead of 10^6 rows.
+absl::StatusOr<json> Series(sqlite3* db, int64_t trial_id, const std::string& name, int64_t from, int64_t to,
+                            int points) {
+  const int64_t buckets = points / 2;
+  std::vector<int64_t> steps;
+  std::vector<double> values;               // NaN/±Inf where the stored value was not finite
+  std::map<int64_t, std::string> kinds;     // step -> nan | inf | -inf
+  int64_t rows = 0;
+  bool downsampled = false;
+
+  absl::StatusOr<std::vector<MetricBlock>> blocks =
+      ReadMetricBlocks(db, trial_id, name, from / kMetricBlockSteps, to / kMetricBlockSteps);
+  if (!blocks.ok()) return blocks.status();
+  int64_t block_rows = 0;
+  for (const MetricBlock& b : *blocks) block_rows += b.rows;
+  if (static_cast<int64_t>(blocks->size()) >= buckets && block_rows > points) {
+    // Blocks that [from, to] cuts are summarised again from their rows in range.
+    for (MetricBlock* edge : {&blocks->front(), &blocks->back()}) {
+      if (edge->first_step >= from && edge->last_step <= to) continue;
+      std::vector<int64_t> s;
+      std::vector<double> v;
+      std::map<int64_t, std::string> k;
+      const int64_t lo = std::max(from, edge->block * kMetricBlockSteps);
+      const int64_t hi = std::min(to, edge->block * kMetricBlockSteps + kMetricBlockSteps - 1);
+      if (absl::Status st = ReadRows(db, trial_id, name, lo, hi, &s, &v, &k); !st.ok()) return st;
+      MetricBlock again;
+      again.block = edge->block;
+      for (size_t i = 0; i < s.size(); ++i) again.Add(s[i], v[i]);
+      *edge = again;
+      if (blocks->size() == 1) break;
+    }
+    const size_t per_bucket = (blocks->size() + buckets - 1) / buckets;
+    for (size_t i = 0; i < blocks->size(); i += per_bucket) {
+      MetricBlock bucket;
+      for (size_t j = i; j < std::min(blocks->size(), i + per_bucket); ++j) bucket.Merge((*blocks)[j]);
+      rows += bucket.rows;
+      std::map<int64_t, double> keep;  // step -> value, in step order
+      if (bucket.min_step) keep[*bucket.min_step] = bucket.min_value;
+      if (bucket.max_step) keep[*bucket.max_step] = bucket.max_value;
+      if (bucket.nonfinite_step) {
+        keep[*bucket.nonfinite_step] = std::numeric_limits<double>::quiet_NaN();
+        kinds[*bucket.nonfinite_step] = bucket.nonfinite;
+      }
+      for (const auto& [step, value] : keep) {
+        steps.push_back(step);
+        values.push_back(value);
+      }
+    }
+    downsampled = true;
+  } else {
+    if (absl::Status st = ReadRows(db, trial_id, name, from, to, &steps, &values, &kinds); !st.ok()) return st;
+    rows = static_cast<int64_t>(steps.size());
+    if (rows > points) {
+      // `buckets` buckets of equal step width; each keeps its min and its max (in step order)
+      // and its first non-finite row.
+      std::vector<int64_t> all_steps = std::move(steps);
+      std::vector<double> all_values = std::move(values);
+      steps.clear();
+      values.clear();
+      const double first = static_cast<double>(all_steps.front());
+      const double width = (static_cast<double>(all_steps.back()) - first + 1) / static_cast<double>(buckets);
+      auto bucket_of = [&](size_t i) { return static_cast<int64_t>((static_cast<double>(all_steps[i]) - first) / width); };
+      size_t i = 0;
+      while (i < all_steps.size()) {
+        const int64_t bucket = bucket_of(i);
+        size_t lo = SIZE_MAX, hi = SIZE_MAX, bad = SIZE_MAX, j = i;
+        for (; j < all_steps.size() && bucket_of(j) == bucket; ++j) {
+          if (!std::isfinite(all_values[j])) {
+            if (bad == SIZE_MAX) bad = j;
+            continue;
+          }
+          if (lo == SIZE_MAX || all_values[j] < all_values[lo]) lo = j;
+          if (hi == SIZE_MAX || all_values[j] > all_values[hi]) hi = j;
+        }
+        std::vector<size_t> keep;
+        for (size_t k : {lo, hi, bad}) {
+          if (k != SIZE_MAX && std::find(keep.begin(), keep.end(), k) == keep.end()) keep.push_back(k);
+        }
+        std::sort(keep.begin(), keep.end());
+        for (size_t k : keep) {
+          steps.push_back(all_steps[k]);
+          values.push_back(all_values[k]);
+        }
+        i = j;
+      }
+      // Only the kept non-finite rows are listed.
+      std::map<int64_t, std::string> kept;
+      for (size_t k = 0; k < steps.size(); ++k) {
+        if (auto it = kinds.find(steps[k]); it != kinds.end()) kept.insert(*it);
+      }
+      kinds = std::move(kept);
+      downsampled = true;
+    }
+  }
+
+  json out_steps = json::array(), out_values = json::array(), nonfinite = json::array();
+  for (size_t i = 0; i < steps.size(); ++i) {
     out_steps.push_back(steps[i]);
     out_values.push_back(std::isfinite(values[i]) ? json(values[i]) : json(nullptr));
-  };
-  const bool downsample = steps.size() > static_cast<size_t>(points);
-  if (!downsample) {
-    for (size_t i = 0; i < steps.size(); ++i) emit(i);
-  } else {
-    // points / 2 buckets of equal step width; each keeps its min and its max (in step order)
-    // and its first non-finite row, so spikes and divergences survive.
-    const int64_t buckets = points / 2;
-    const double first = static_cast<double>(steps.front());
-    const double width = (static_cast<double>(steps.back()) - first + 1) / static_cast<double>(buckets);
-    size_t i = 0;
-    while (i < steps.size()) {
-      const int64_t bucket = static_cast<int64_t>((static_cast<double>(steps[i]) - first) / width);
-      size_t lo = SIZE_MAX, hi = SIZE_MAX, bad = SIZE_MAX;
-      size_t j = i;
-      for (; j < steps.size() && static_cast<int64_t>((static_cast<double>(steps[j]) - first) / width) == bucket; ++j) {
-        if (!std::isfinite(values[j])) {
-          if (bad == SIZE_MAX) bad = j;
-          continue;
-        }
-        if (lo == SIZE_MAX || values[j] < values[lo]) lo = j;
-        if (hi == SIZE_MAX || values[j] > values[hi]) hi = j;
-      }
-      std::vector<size_t> keep;
-      for (size_t k : {lo, hi, bad}) {
-        if (k != SIZE_MAX && std::find(keep.begin(), keep.end(), k) == keep.end()) keep.push_back(k);
-      }
-      std::sort(keep.begin(), keep.end());
-      for (size_t k : keep) emit(k);
-      i = j;
-    }
   }
+  for (const auto& [step, kind] : kinds) nonfinite.push_back({{"step", step}, {"kind", kind}});
 
   Statement spikes(db,
                    "SELECT step, value, z FROM spikes WHERE trial_id = ?1 AND name = ?2 AND step BETWEEN ?3 AND ?4"
@@ -530,7 +603,7 @@ absl::StatusOr<json> Series(sqlite3* db, int64_t trial_id, const std::string& na
   while (spikes.Step() == SQLITE_ROW) {
     spike_list.push_back({{"step", spikes.Int(0)}, {"value", Real(spikes, 1)}, {"z", Real(spikes, 2)}});
   }
-  return json{{"name", name},       {"rows", steps.size()}, {"downsampled", downsample},
+  return json{{"name", name},       {"rows", rows},         {"downsampled", downsampled},
               {"steps", out_steps}, {"values", out_values}, {"nonfinite", nonfinite},
               {"spikes", spike_list}};
 }

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "orchestrator/metric_blocks.h"
 #include "orchestrator/sql.h"
 
 namespace sweep::orchestrator {
@@ -216,6 +217,43 @@ CREATE TABLE analyses (
 );
 CREATE INDEX analyses_by_sweep ON analyses (sweep_id, id);
 )sql",
+    // 5: per metric, min/max summaries of blocks of 256 steps (orchestrator/metric_blocks.h,
+    // kMetricBlockSteps), kept by InsertMetrics: the dashboard draws long traces from them.
+    // Existing rows are summarised here, once.
+    R"sql(
+CREATE TABLE metric_blocks (
+  trial_id       INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+  name           TEXT NOT NULL,
+  block          INTEGER NOT NULL,
+  rows           INTEGER NOT NULL,
+  first_step     INTEGER NOT NULL,
+  last_step      INTEGER NOT NULL,
+  min_step       INTEGER,
+  min_value      REAL,
+  max_step       INTEGER,
+  max_value      REAL,
+  nonfinite_step INTEGER,
+  nonfinite      TEXT,
+  PRIMARY KEY (trial_id, name, block)
+) WITHOUT ROWID;
+
+INSERT INTO metric_blocks (trial_id, name, block, rows, first_step, last_step)
+SELECT trial_id, name, step / 256, COUNT(*), MIN(step), MAX(step) FROM metrics
+GROUP BY trial_id, name, step / 256;
+
+UPDATE metric_blocks SET (min_step, min_value) = (
+  SELECT step, value FROM metrics m WHERE m.trial_id = metric_blocks.trial_id
+    AND m.name = metric_blocks.name AND m.step BETWEEN metric_blocks.first_step AND metric_blocks.last_step
+    AND m.value IS NOT NULL ORDER BY m.value, m.step LIMIT 1);
+UPDATE metric_blocks SET (max_step, max_value) = (
+  SELECT step, value FROM metrics m WHERE m.trial_id = metric_blocks.trial_id
+    AND m.name = metric_blocks.name AND m.step BETWEEN metric_blocks.first_step AND metric_blocks.last_step
+    AND m.value IS NOT NULL ORDER BY m.value DESC, m.step LIMIT 1);
+UPDATE metric_blocks SET (nonfinite_step, nonfinite) = (
+  SELECT step, nonfinite FROM metrics m WHERE m.trial_id = metric_blocks.trial_id
+    AND m.name = metric_blocks.name AND m.step BETWEEN metric_blocks.first_step AND metric_blocks.last_step
+    AND m.value IS NULL ORDER BY m.step LIMIT 1);
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion, "one migration per schema version");
 
@@ -263,7 +301,12 @@ std::string QuoteIdentifier(const std::string& name) {
 
 }  // namespace
 
-Store::~Store() { sqlite3_close(db_); }
+Store::Store(sqlite3* db) : db_(db), statements_(std::make_unique<StatementCache>(db)) {}
+
+Store::~Store() {
+  statements_->Clear();  // Before the close: a connection with statements does not close.
+  sqlite3_close(db_);
+}
 
 absl::Status Store::Exec(const std::string& sql) { return ExecSql(db_, sql); }
 
@@ -288,8 +331,10 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   absl::StatusOr<sqlite3*> db = OpenConnection(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   if (!db.ok()) return db.status();
   std::unique_ptr<Store> store(new Store(*db));
+  // A 64 MiB page cache (the default is 2 MiB): sweepd appends to every running trial's
+  // metric ranges at once, and each of those leaf pages is read again at the next batch.
   for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
-                             "PRAGMA foreign_keys=ON"}) {
+                             "PRAGMA foreign_keys=ON", "PRAGMA cache_size=-65536"}) {
     if (absl::Status s = store->Exec(pragma); !s.ok()) {
       return absl::UnavailableError(absl::StrCat(path, ": ", s.message()));
     }
@@ -508,14 +553,15 @@ absl::StatusOr<TrialRow> Store::GetTrial(int64_t trial_id) {
 absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows,
                                              const NewMetricsHook& on_new) {
   if (rows.empty()) return 0;
-  if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  StatementCache* cache = statements_.get();
+  if (absl::Status s = ExecCached(cache, "BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](absl::Status s) {
-    (void)Exec("ROLLBACK");
+    (void)ExecCached(cache, "ROLLBACK");
     return s;
   };
   // Fencing: every row must come from the trial's current attempt, while it holds a lease.
-  Statement attempt(db_, "SELECT attempt, state IN ('leased', 'running') FROM trials WHERE id = ?");
-  Statement insert(db_,
+  Statement attempt(cache, "SELECT attempt, state IN ('leased', 'running') FROM trials WHERE id = ?");
+  Statement insert(cache,
                    "INSERT OR IGNORE INTO metrics (trial_id, name, step, value, nonfinite, attempt, "
                    "time) VALUES (?, ?, ?, ?, ?, ?, ?)");
   if (!attempt.status().ok()) return fail(attempt.status());
@@ -556,13 +602,14 @@ absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows,
     if (insert.Step() != SQLITE_DONE) return fail(insert.Error("inserting metrics"));
     if (sqlite3_changes(db_) > 0) {
       ++added;
-      if (on_new) new_rows.push_back(row);
+      new_rows.push_back(row);
     }
   }
+  if (absl::Status s = UpdateMetricBlocks(db_, new_rows); !s.ok()) return fail(s);
   if (on_new && !new_rows.empty()) {
     if (absl::Status s = on_new(new_rows); !s.ok()) return fail(s);
   }
-  if (absl::Status s = Exec("COMMIT"); !s.ok()) return fail(s);
+  if (absl::Status s = ExecCached(cache, "COMMIT"); !s.ok()) return fail(s);
   return added;
 }
 
@@ -583,7 +630,7 @@ absl::StatusOr<int64_t> Store::RecordAnalysis(double time, int64_t sweep_id,
 absl::Status Store::RecordEvent(double time, int64_t sweep_id, int64_t trial_id,
                                 int64_t worker_id, const std::string& kind,
                                 const std::string& detail) {
-  Statement st(db_,
+  Statement st(statements_.get(),
                "INSERT INTO events (time, sweep_id, trial_id, worker_id, kind, detail) "
                "VALUES (?, ?, ?, ?, ?, ?)");
   if (!st.status().ok()) return st.status();

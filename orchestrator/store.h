@@ -36,7 +36,9 @@ struct sqlite3;
 
 namespace sweep::orchestrator {
 
-inline constexpr int kSchemaVersion = 4;
+class StatementCache;
+
+inline constexpr int kSchemaVersion = 5;
 
 // trials.stop_requested: why the trial's worker is told to stop it (heartbeat replies).
 enum StopCode : int {
@@ -123,13 +125,17 @@ class Store {
                            const std::string& kind, const std::string& detail);
 
   sqlite3* db() { return db_; }  // For tests and the read-only query RPC.
+  // Prepared statements kept for reuse on db() (sql.h), for the statements sweepd runs per
+  // request; finalized before the connection closes.
+  StatementCache* statements() { return statements_.get(); }
 
  private:
-  explicit Store(sqlite3* db) : db_(db) {}
+  explicit Store(sqlite3* db);
   absl::Status Exec(const std::string& sql);
   absl::Status Migrate();
 
   sqlite3* const db_;
+  const std::unique_ptr<StatementCache> statements_;
 };
 
 }  // namespace sweep::orchestrator

@@ -313,6 +313,49 @@ TEST_F(DashboardTest, SeriesDownsamplesALongTraceAndKeepsTheSpikeAndTheNaN) {
   EXPECT_EQ(window["values"][21], 100.0);
 }
 
+// Few points for a long trace: buckets of whole 256-step blocks from metric_blocks. The same
+// guarantees as from the rows: every bucket's min and max, the spike, the NaN, nothing outside
+// the window even where it cuts a block.
+TEST_F(DashboardTest, SeriesFromBlocksKeepsMinMaxSpikeAndNaN) {
+  const std::string base = "/api/trials/" + std::to_string(long_trial_) + "/series?names=optim/grad_norm";
+  const json all = Get(base + "&points=100000").Json()["series"][0];  // every row
+  ASSERT_FALSE(all["downsampled"].get<bool>());
+  for (const auto& [from, to] : std::vector<std::pair<int64_t, int64_t>>{{0, 200000}, {1000, 90001}, {54000, 99999}}) {
+    const json s = Get(base + "&points=100&from=" + std::to_string(from) + "&to=" + std::to_string(to))
+                       .Json()["series"][0];
+    ASSERT_TRUE(s["downsampled"].get<bool>()) << from;
+    const std::vector<int64_t> steps = s["steps"];
+    EXPECT_LE(steps.size(), 100u + s["nonfinite"].size());
+    EXPECT_GE(steps.size(), 60u);
+    EXPECT_TRUE(std::is_sorted(steps.begin(), steps.end()));
+    EXPECT_GE(steps.front(), from);
+    EXPECT_LE(steps.back(), to);
+    // The extremes over the window are those of the rows.
+    double lo = 1e300, hi = -1e300, want_lo = 1e300, want_hi = -1e300;
+    int64_t rows = 0;
+    for (size_t i = 0; i < all["steps"].size(); ++i) {
+      const int64_t step = all["steps"][i];
+      if (step < from || step > to) continue;
+      ++rows;
+      if (all["values"][i].is_null()) continue;
+      want_lo = std::min(want_lo, all["values"][i].get<double>());
+      want_hi = std::max(want_hi, all["values"][i].get<double>());
+    }
+    for (const json& v : s["values"]) {
+      if (v.is_null()) continue;
+      lo = std::min(lo, v.get<double>());
+      hi = std::max(hi, v.get<double>());
+    }
+    EXPECT_EQ(s["rows"], rows) << from;
+    EXPECT_EQ(lo, want_lo) << from;
+    EXPECT_EQ(hi, want_hi) << from;
+    if (from <= 54321 && 54321 <= to) EXPECT_NE(std::find(steps.begin(), steps.end(), 54321), steps.end());
+    const bool has_nan = from <= 70000 && 70000 <= to;
+    ASSERT_EQ(s["nonfinite"].size(), has_nan ? 1u : 0u) << from;
+    if (has_nan) EXPECT_EQ(s["nonfinite"][0]["step"], 70000);
+  }
+}
+
 TEST_F(DashboardTest, SeriesPrefixesAndSpikes) {
   const int64_t trial = TrialAt(4, -1);
   const json answer =

@@ -67,7 +67,8 @@ TEST(StoreTest, CreatesAndMigratesTheSchema) {
 }
 
 // What migration 3 adds, undone: a file as schema 2 left it.
-constexpr char kUndoMigrations3And4[] = R"sql(
+constexpr char kUndoMigrations3To5[] = R"sql(
+  DROP TABLE metric_blocks;
   DROP TABLE analyses;
   DROP VIEW trial_summary;
   DROP TABLE spikes;
@@ -90,7 +91,7 @@ TEST(StoreTest, MigratesAVersion1FileToBestMetric) {
   const std::string path = TempDb();
   {
     Submitted s = Submit(path);
-    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3And4, nullptr, nullptr, nullptr), SQLITE_OK)
+    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3To5, nullptr, nullptr, nullptr), SQLITE_OK)
         << sqlite3_errmsg(s.store->db());
     // Turn the file back into what schema 1 left: no best_metric, the old trial_summary.
     ASSERT_EQ(sqlite3_exec(s.store->db(), R"sql(
@@ -132,7 +133,7 @@ TEST(StoreTest, MigratesAVersion2FileToDetectionAndEarlyTermination) {
   const std::string path = TempDb();
   {
     Submitted s = Submit(path);
-    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3And4, nullptr, nullptr, nullptr), SQLITE_OK)
+    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3To5, nullptr, nullptr, nullptr), SQLITE_OK)
         << sqlite3_errmsg(s.store->db());
   }
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
