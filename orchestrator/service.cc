@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string_view>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -14,9 +17,81 @@
 namespace sweep::orchestrator {
 namespace {
 
+// What one request may carry. Anything beyond is refused with INVALID_ARGUMENT, so that a
+// hostile or broken client cannot store garbage, exhaust memory or hold the lock for long.
+constexpr size_t kMaxNameBytes = 256;       // worker names and hosts, labels, metric names
+constexpr size_t kMaxPathBytes = 4096;      // checkpoint paths, a spec's origin
+constexpr int kMaxLabels = 64;
+constexpr int kMaxWorkerResources = 1 << 16;  // GPUs, CPU slots
+constexpr int kMaxHeartbeatTrials = 4096;
+constexpr int64_t kMaxStep = int64_t{1} << 53;  // steps stay exact in JSON and JavaScript
+constexpr size_t kMaxErrorBytes = 64 << 10;     // an attempt's error text is cut to this
+constexpr size_t kMaxQueryBytes = 1 << 20;
+constexpr int kMaxQueryValueBytes = 16 << 20;         // SQLITE_LIMIT_LENGTH of query connections
+constexpr size_t kMaxQueryResponseBytes = 32 << 20;   // then the answer is truncated
+constexpr size_t kMaxStatusMessageBytes = 4096;       // gRPC trailers have a size limit
+
+grpc::Status Invalid(const std::string& message) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message);
+}
+
+// "field: at most N bytes" when `value` is longer.
+std::optional<grpc::Status> TooLong(const char* field, const std::string& value, size_t max) {
+  if (value.size() <= max) return std::nullopt;
+  return Invalid(absl::StrCat(field, ": at most ", max, " bytes, got ", value.size()));
+}
+
+std::optional<grpc::Status> BadStep(const char* field, int64_t step) {
+  if (step >= 0 && step <= kMaxStep) return std::nullopt;
+  return Invalid(absl::StrCat(field, ": must be between 0 and ", kMaxStep, ", got ", step));
+}
+
+// `text` as valid UTF-8 (proto3 strings must be), each invalid byte replaced by U+FFFD.
+std::string ValidUtf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  for (size_t i = 0; i < text.size();) {
+    const size_t n = p[i] < 0x80               ? 1
+                     : (p[i] & 0xE0) == 0xC0 ? 2
+                     : (p[i] & 0xF0) == 0xE0 ? 3
+                     : (p[i] & 0xF8) == 0xF0 ? 4
+                                             : 0;
+    bool ok = n > 0 && i + n <= text.size();
+    uint32_t code = n == 1 ? p[i] : n == 2 ? p[i] & 0x1F : n == 3 ? p[i] & 0x0F : p[i] & 0x07;
+    for (size_t k = 1; ok && k < n; ++k) {
+      ok = (p[i + k] & 0xC0) == 0x80;
+      code = (code << 6) | (p[i + k] & 0x3F);
+    }
+    constexpr uint32_t kSmallest[] = {0, 0, 0x80, 0x800, 0x10000};
+    ok = ok && code >= kSmallest[n] && code <= 0x10FFFF && !(code >= 0xD800 && code <= 0xDFFF);
+    if (ok) {
+      out.append(text.substr(i, n));
+      i += n;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
+// At most `max` bytes of valid UTF-8: the start and the end of a longer text, with the number
+// of bytes cut between them.
+std::string Bounded(std::string_view text, size_t max) {
+  std::string valid = ValidUtf8(text);
+  if (valid.size() <= max) return valid;
+  const std::string cut = absl::StrCat(" ... (", valid.size() - max, " bytes cut) ... ");
+  // Cutting may split a character: ValidUtf8 again mends both ends.
+  return ValidUtf8(valid.substr(0, max / 4) + cut + valid.substr(valid.size() - max / 2));
+}
+
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  // Messages can echo what the caller sent (a megabyte-long name): keep them within gRPC's
+  // trailer limit, or the caller gets RESOURCE_EXHAUSTED instead of the error.
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
+                      Bounded(std::string(s.message()), kMaxStatusMessageBytes));
 }
 
 bool ConstantTimeEquals(const std::string& a, const std::string& b) {
@@ -154,7 +229,9 @@ grpc::Status OrchestratorService::SubmitSweep(grpc::ServerContext* context,
                                               const v1::SubmitSweepRequest* request,
                                               v1::SubmitSweepResponse* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
-  const std::string origin = request->origin().empty() ? "spec" : request->origin();
+  if (auto bad = TooLong("origin", request->origin(), kMaxPathBytes)) return *bad;
+  // The origin is any file name (bytes on the wire); it is stored in an event's detail.
+  const std::string origin = request->origin().empty() ? "spec" : ValidUtf8(request->origin());
   absl::StatusOr<SweepSpec> spec = ParseSweepSpec(request->spec_yaml(), origin, options_.spec_limits);
   if (!spec.ok()) return Reply(spec.status());
   absl::StatusOr<std::vector<TrialSpec>> trials = ExpandSweep(*spec, options_.spec_limits);
@@ -372,10 +449,15 @@ grpc::Status OrchestratorService::Query(grpc::ServerContext* context,
                                         const v1::QueryRequest* request,
                                         v1::QueryResponse* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  if (auto bad = TooLong("sql", request->sql(), kMaxQueryBytes)) return *bad;
+  if (request->sql().find('\0') != std::string::npos) {
+    return Invalid("query refused: it holds a NUL byte (SQLite would ignore what follows)");
+  }
   absl::StatusOr<std::unique_ptr<Store>> reader = Store::OpenReadOnly(options_.db_path);
   if (!reader.ok()) return Reply(reader.status());
   sqlite3* db = (*reader)->db();
   sqlite3_set_authorizer(db, ReadOnlyAuthorizer, nullptr);
+  sqlite3_limit(db, SQLITE_LIMIT_LENGTH, kMaxQueryValueBytes);  // randomblob(1e9) is "too big"
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.query_timeout_ms);
   sqlite3_progress_handler(
@@ -405,17 +487,33 @@ grpc::Status OrchestratorService::Query(grpc::ServerContext* context,
   const int max_rows = request->max_rows() > 0 ? std::min(request->max_rows(), options_.query_max_rows)
                                                : options_.query_max_rows;
   int rc;
+  size_t bytes = 0;
   while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
-    if (response->rows_size() >= max_rows) {
+    if (response->rows_size() >= max_rows || bytes > kMaxQueryResponseBytes) {
       response->set_truncated(true);
       break;
     }
     v1::QueryResponse::Row* row = response->add_rows();
     for (int c = 0; c < columns; ++c) {
-      const bool null = sqlite3_column_type(stmt.get(), c) == SQLITE_NULL;
-      const unsigned char* text = sqlite3_column_text(stmt.get(), c);
-      row->add_values(null || text == nullptr ? "" : reinterpret_cast<const char*>(text));
-      row->add_is_null(null);
+      const int type = sqlite3_column_type(stmt.get(), c);
+      std::string value;
+      if (type == SQLITE_BLOB) {  // As quote() writes it: a string field must be UTF-8.
+        const auto* blob = static_cast<const unsigned char*>(sqlite3_column_blob(stmt.get(), c));
+        const int size = sqlite3_column_bytes(stmt.get(), c);
+        value = "X'";
+        for (int i = 0; i < size; ++i) {
+          value += "0123456789ABCDEF"[blob[i] >> 4];
+          value += "0123456789ABCDEF"[blob[i] & 15];
+        }
+        value += "'";
+      } else if (type != SQLITE_NULL) {
+        const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt.get(), c));
+        const size_t size = static_cast<size_t>(sqlite3_column_bytes(stmt.get(), c));
+        if (text != nullptr) value = ValidUtf8(std::string_view(text, size));
+      }
+      bytes += value.size();
+      row->add_values(std::move(value));
+      row->add_is_null(type == SQLITE_NULL);
     }
   }
   if (rc == SQLITE_INTERRUPT) {
@@ -432,6 +530,20 @@ grpc::Status OrchestratorService::RegisterWorker(grpc::ServerContext* context,
                                                  const v1::RegisterWorkerRequest* request,
                                                  v1::RegisterWorkerResponse* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  if (auto bad = TooLong("name", request->name(), kMaxNameBytes)) return *bad;
+  if (auto bad = TooLong("host", request->host(), kMaxNameBytes)) return *bad;
+  if (request->gpus() > kMaxWorkerResources || request->cpu_slots() > kMaxWorkerResources) {
+    return Invalid(absl::StrCat("gpus and cpu_slots: at most ", kMaxWorkerResources, " each"));
+  }
+  if (request->labels_size() > kMaxLabels) {
+    return Invalid(absl::StrCat("labels: at most ", kMaxLabels, ", got ", request->labels_size()));
+  }
+  for (const auto& [k, v] : request->labels()) {
+    if (k.size() > kMaxNameBytes || v.size() > kMaxNameBytes) {
+      return Invalid(absl::StrCat("labels: at most ", kMaxLabels, " of at most ", kMaxNameBytes,
+                                  " bytes each"));
+    }
+  }
   nlohmann::json labels = nlohmann::json::object();
   for (const auto& [k, v] : request->labels()) labels[k] = v;
   std::lock_guard<std::mutex> lock(mu_);
@@ -477,8 +589,15 @@ grpc::Status OrchestratorService::Heartbeat(grpc::ServerContext* context,
                                             const v1::HeartbeatRequest* request,
                                             v1::HeartbeatResponse* response) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  if (request->trials_size() > kMaxHeartbeatTrials) {
+    return Invalid(absl::StrCat("trials: at most ", kMaxHeartbeatTrials, " per heartbeat, got ",
+                                request->trials_size()));
+  }
   std::vector<TrialProgress> progress;
-  for (const auto& p : request->trials()) progress.push_back({p.trial_id(), p.attempt(), p.step()});
+  for (const auto& p : request->trials()) {
+    if (auto bad = BadStep("step", p.step())) return *bad;
+    progress.push_back({p.trial_id(), p.attempt(), p.step()});
+  }
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::vector<StopRequest>> stops = scheduler_->Heartbeat(request->worker_id(), progress);
   if (!stops.ok()) return Reply(stops.status());
@@ -515,8 +634,11 @@ grpc::Status OrchestratorService::StreamMetrics(grpc::ServerContext* context,
     rows.reserve(batch.metrics_size());
     const double now = clock_->Now();
     for (const v1::Metric& m : batch.metrics()) {
+      if (auto bad = TooLong("name", m.name(), kMaxNameBytes)) return *bad;
+      if (auto bad = BadStep("step", m.step())) return *bad;
+      // NaN and infinite values are data; a time that is not a real date is the arrival time.
       rows.push_back({batch.trial_id(), batch.attempt(), m.name(), m.step(), m.value(),
-                      m.time() > 0 ? m.time() : now});
+                      std::isfinite(m.time()) && m.time() > 0 ? m.time() : now});
     }
     received += batch.metrics_size();
     std::lock_guard<std::mutex> lock(mu_);
@@ -534,6 +656,9 @@ grpc::Status OrchestratorService::ReportCheckpoint(grpc::ServerContext* context,
                                                    const v1::ReportCheckpointRequest* request,
                                                    v1::Ack*) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  if (request->path().empty()) return Invalid("path: must not be empty");
+  if (auto bad = TooLong("path", request->path(), kMaxPathBytes)) return *bad;
+  if (auto bad = BadStep("step", request->step())) return *bad;
   std::lock_guard<std::mutex> lock(mu_);
   return Reply(scheduler_->ReportCheckpoint(request->trial_id(), request->attempt(),
                                              request->path(), request->step()));
@@ -542,6 +667,9 @@ grpc::Status OrchestratorService::ReportCheckpoint(grpc::ServerContext* context,
 grpc::Status OrchestratorService::CompleteTrial(grpc::ServerContext* context,
                                                 const v1::CompleteTrialRequest* request, v1::Ack*) {
   if (grpc::Status a = Authorize(context); !a.ok()) return a;
+  if (auto bad = BadStep("last_step", request->last_step())) return *bad;
+  if (auto bad = BadStep("diverged_step", request->diverged_step())) return *bad;
+  if (auto bad = TooLong("checkpoint", request->checkpoint(), kMaxPathBytes)) return *bad;
   Completion c;
   switch (request->outcome()) {
     case v1::CompleteTrialRequest::COMPLETED:
@@ -565,7 +693,7 @@ grpc::Status OrchestratorService::CompleteTrial(grpc::ServerContext* context,
   c.last_step = request->last_step();
   if (request->has_final_metric()) c.final_metric = request->final_metric();
   c.diverged_step = request->diverged_step();
-  c.error = request->error();
+  c.error = Bounded(request->error(), kMaxErrorBytes);  // bytes on the wire: any tail of stderr
   if (request->has_best_metric()) c.best_metric = request->best_metric();
   c.checkpoint = request->checkpoint();
   c.exit_code = request->exit_code();
