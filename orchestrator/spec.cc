@@ -10,7 +10,9 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <string_view>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -20,11 +22,348 @@
 namespace sweep::orchestrator {
 namespace {
 
-using trainer::YamlDescribe;
 using trainer::YamlWhere;
 
 absl::Status Error(const std::string& where, const std::string& key, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(where, ": ", key, ": ", what));
+}
+
+// `text` for a one-line error message: at most `max` bytes of it (a hostile value can be a
+// megabyte), control characters escaped.
+std::string Clip(const std::string& text, size_t max = 80) {
+  size_t cut = std::min(text.size(), max);
+  while (cut > 0 && cut < text.size() && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) {
+    --cut;  // Not inside a UTF-8 sequence.
+  }
+  std::string out;
+  for (size_t i = 0; i < cut; ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c < 0x20 || c == 0x7F) {
+      absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (cut < text.size()) absl::StrAppend(&out, "... (", text.size(), " bytes)");
+  return out;
+}
+
+// "a map", "a list", "null" or the scalar quoted (clipped).
+std::string YamlDescribe(const YAML::Node& node) {
+  if (node.IsScalar()) return absl::StrCat("'", Clip(node.Scalar()), "'");
+  return trainer::YamlDescribe(node);
+}
+
+// An error message of at most a few kilobytes: the start (file:line:column: key: why) and the
+// end (e.g. the trial key) of a longer one, so that an echoed value cannot make it huge.
+absl::Status ClipMessage(const absl::Status& s) {
+  constexpr size_t kMax = 2048;
+  if (s.ok() || s.message().size() <= kMax) return s;
+  const absl::string_view m = s.message();
+  return absl::Status(s.code(), absl::StrCat(m.substr(0, kMax / 2), " ... (", m.size() - kMax,
+                                             " bytes cut) ... ", m.substr(m.size() - kMax / 2)));
+}
+
+// --- The text, before yaml-cpp sees it (its parser recurses, follows aliases, accepts NUL
+// bytes and an unclosed quote). Columns count characters, as yaml-cpp's marks do. ---
+
+std::string At(const std::string& origin, int64_t line, int64_t column) {
+  return absl::StrCat(origin, ":", line + 1, ":", column + 1);
+}
+
+// Length of the UTF-8 sequence at `p` (1 to 4 bytes), or 0 when it is not valid UTF-8
+// (truncated, overlong, a surrogate, or above U+10FFFF).
+size_t Utf8Length(const unsigned char* p, size_t left) {
+  const unsigned char c = p[0];
+  if (c < 0x80) return 1;
+  size_t n;
+  uint32_t code;
+  if ((c & 0xE0) == 0xC0) {
+    n = 2;
+    code = c & 0x1F;
+  } else if ((c & 0xF0) == 0xE0) {
+    n = 3;
+    code = c & 0x0F;
+  } else if ((c & 0xF8) == 0xF0) {
+    n = 4;
+    code = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (left < n) return 0;
+  for (size_t i = 1; i < n; ++i) {
+    if ((p[i] & 0xC0) != 0x80) return 0;
+    code = (code << 6) | (p[i] & 0x3F);
+  }
+  constexpr uint32_t kSmallest[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (code < kSmallest[n] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return 0;
+  return n;
+}
+
+// A spec is UTF-8 text: no NUL, no control characters other than tab, CR and LF.
+absl::Status CheckEncoding(const std::string& text, const std::string& origin) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+  int64_t line = 0, column = 0;
+  for (size_t i = 0; i < text.size();) {
+    const unsigned char c = bytes[i];
+    if (c == '\n') {
+      ++line;
+      column = 0;
+      ++i;
+      continue;
+    }
+    if (c == 0) {
+      return Error(At(origin, line, column), "invalid YAML", "NUL byte (a spec is UTF-8 text)");
+    }
+    if ((c < 0x20 && c != '\t' && c != '\r') || c == 0x7F) {
+      return Error(At(origin, line, column), "invalid YAML",
+                   absl::StrCat("control character 0x", absl::Hex(c, absl::kZeroPad2),
+                                " (a spec is UTF-8 text)"));
+    }
+    const size_t n = Utf8Length(bytes + i, text.size() - i);
+    if (n == 3 && i > 0 && c == 0xEF && bytes[i + 1] == 0xBB && bytes[i + 2] == 0xBF) {
+      return Error(
+          At(origin, line, column), "invalid YAML",
+          "byte order mark (U+FEFF) inside the text (only the first character may be one)");
+    }
+    if (n == 0) {
+      return Error(At(origin, line, column), "invalid YAML",
+                   absl::StrCat("byte 0x", absl::Hex(c, absl::kZeroPad2),
+                                " is not UTF-8 (a spec is UTF-8 text)"));
+    }
+    i += n;
+    ++column;
+  }
+  return absl::OkStatus();
+}
+
+// A lexical pass over YAML's structure (quotes, comments, block scalars, flow brackets, block
+// indentation and `- `/`? `/`: ` indicators, anchors, tags and aliases), so that text nested
+// far deeper than the limit or with too many aliases is refused before yaml-cpp's recursive
+// parser reads it. Its depth is a lower bound of the document's (give or take the first
+// level), so it never refuses what the exact check on the parsed document (CheckTree) would
+// accept; it also refuses a quoted string that is never closed, which yaml-cpp accepts.
+absl::Status CheckStructure(const std::string& text, const std::string& origin,
+                            const SpecLimits& limits) {
+  auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+  auto flow_indicator = [](char c) {
+    return c == ',' || c == '[' || c == ']' || c == '{' || c == '}';
+  };
+  std::vector<size_t> indents;  // Open block levels: their indentation, innermost last.
+  int flow = 0;                 // Open `[` and `{`.
+  int aliases = 0;
+  char quote = 0;  // Inside a quoted scalar: its quote character.
+  std::string quote_at;
+  int64_t block_scalar_parent = -1;  // Inside a `|` or `>` scalar: its parent's indentation.
+  int64_t line_no = 0;
+  for (size_t start = 0; start <= text.size(); ++line_no) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string_view line(text.data() + start, end - start);
+    start = end + 1;
+    auto where = [&](size_t i) {  // Columns count characters: skip UTF-8 continuation bytes.
+      int64_t column = 0;
+      for (size_t k = 0; k < i; ++k) column += (static_cast<unsigned char>(line[k]) & 0xC0) != 0x80;
+      return At(origin, line_no, column);
+    };
+    size_t indent = 0;
+    while (indent < line.size() && line[indent] == ' ') ++indent;
+    size_t first = indent;
+    while (first < line.size() && blank(line[first])) ++first;
+    const bool empty = first == line.size();
+    if (block_scalar_parent >= 0) {
+      if (empty || static_cast<int64_t>(indent) > block_scalar_parent) continue;
+      block_scalar_parent = -1;
+    }
+    size_t i = 0;
+    if (quote == 0 && flow == 0) {
+      if (empty || line[first] == '#') continue;
+      if ((line.substr(0, 3) == "---" || line.substr(0, 3) == "...") &&
+          (line.size() == 3 || blank(line[3]))) {
+        indents.clear();  // A document marker.
+        i = 3;
+      } else {
+        while (!indents.empty() && indents.back() >= indent) indents.pop_back();
+        indents.push_back(indent);
+        i = indent;
+      }
+    }
+    int depth = static_cast<int>(indents.size());
+    // The first level may be a flow collection on a line of its own: allow it one more.
+    auto too_deep = [&] { return flow + depth > limits.max_depth + 1; };
+    auto deep_error = [&](size_t at) {
+      return Error(where(at), "spec",
+                   absl::StrCat("nested deeper than ", limits.max_depth, " levels"));
+    };
+    if (too_deep()) return deep_error(i);
+    bool token_start = true;  // A node may start here.
+    bool after_node = false;  // Just after a quoted scalar, alias or flow collection.
+    for (; i < line.size(); ++i) {
+      const char c = line[i];
+      if (quote == '"') {
+        if (c == '\\') {
+          ++i;
+        } else if (c == '"') {
+          quote = 0;
+          token_start = false;
+          after_node = true;
+        }
+        continue;
+      }
+      if (quote == '\'') {
+        if (c == '\'' && i + 1 < line.size() && line[i + 1] == '\'') {
+          ++i;
+        } else if (c == '\'') {
+          quote = 0;
+          token_start = false;
+          after_node = true;
+        }
+        continue;
+      }
+      const char next = i + 1 < line.size() ? line[i + 1] : ' ';
+      if (c == '#' && (i == 0 || blank(line[i - 1]))) break;  // A comment.
+      if (blank(c)) continue;
+      if (token_start) {
+        if (c == '"' || c == '\'') {
+          quote = c;
+          quote_at = where(i);
+          continue;
+        }
+        if (c == '[' || c == '{') {
+          ++flow;
+          if (too_deep()) return deep_error(i);
+          continue;
+        }
+        if (c == '*') {
+          if (++aliases > limits.max_aliases) {
+            return Error(where(i), "spec",
+                         absl::StrCat("more than ", limits.max_aliases, " aliases"));
+          }
+          while (i + 1 < line.size() && !blank(line[i + 1]) && !flow_indicator(line[i + 1])) ++i;
+          token_start = false;
+          after_node = true;
+          continue;
+        }
+        if (c == '&' || c == '!') {  // An anchor or a tag: the node follows.
+          while (i + 1 < line.size() && !blank(line[i + 1]) &&
+                 (flow == 0 || !flow_indicator(line[i + 1]))) {
+            ++i;
+          }
+          continue;
+        }
+        if (flow == 0 && (c == '-' || c == '?' || c == ':') && blank(next)) {
+          ++depth;  // A block sequence entry or complex key on this line: one level more.
+          if (too_deep()) return deep_error(i);
+          continue;
+        }
+        if (flow == 0 && (c == '|' || c == '>')) {
+          block_scalar_parent = static_cast<int64_t>(indent);
+          break;
+        }
+        token_start = false;  // A plain scalar.
+      }
+      if (flow > 0 && (c == '[' || c == '{')) {
+        ++flow;
+        if (too_deep()) return deep_error(i);
+        token_start = true;
+        after_node = false;
+        continue;
+      }
+      if (flow > 0 && (c == ']' || c == '}')) {
+        --flow;
+        after_node = true;
+        continue;
+      }
+      if (flow > 0 && c == ',') {
+        token_start = true;
+        after_node = false;
+        continue;
+      }
+      if (c == ':' && (blank(next) || (flow > 0 && (after_node || flow_indicator(next))))) {
+        token_start = true;
+        after_node = false;
+        continue;
+      }
+      after_node = false;
+    }
+  }
+  if (quote != 0) {
+    return Error(quote_at, "invalid YAML",
+                 absl::StrCat("the quoted string that starts here (", std::string(1, quote),
+                              ") is never closed"));
+  }
+  return absl::OkStatus();
+}
+
+// The parsed document, every alias followed: at most max_depth levels (so an alias cycle is
+// refused too), at most max_nodes nodes, and maps whose keys are scalars and distinct.
+struct TreeCheck {
+  const std::string& origin;
+  const SpecLimits& limits;
+  int64_t nodes = 0;
+
+  absl::Status Walk(const YAML::Node& node, const std::string& key, int depth) {
+    const std::string name = key.empty() ? "spec" : key;
+    if (++nodes > limits.max_nodes) {
+      return Error(YamlWhere(origin, node), name,
+                   absl::StrCat("the spec has more than ", limits.max_nodes,
+                                " values with its aliases expanded"));
+    }
+    if (!node.IsMap() && !node.IsSequence()) return absl::OkStatus();
+    if (depth > limits.max_depth) {
+      return Error(YamlWhere(origin, node), name,
+                   absl::StrCat("nested deeper than ", limits.max_depth, " levels"));
+    }
+    if (node.IsSequence()) {
+      for (const auto& item : node) {
+        if (absl::Status s = Walk(item, key, depth + 1); !s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+    std::map<std::string, YAML::Mark> seen;
+    for (const auto& entry : node) {
+      if (!entry.first.IsScalar()) {
+        return Error(YamlWhere(origin, entry.first), name,
+                     absl::StrCat("keys must be scalars, got ", YamlDescribe(entry.first)));
+      }
+      // Keys name the path in messages; sequence items keep their parent's.
+      const std::string child = depth > 8     ? name
+                                : key.empty() ? Clip(entry.first.Scalar())
+                                              : key + "." + Clip(entry.first.Scalar());
+      auto [it, inserted] = seen.emplace(entry.first.Scalar(), entry.first.Mark());
+      if (!inserted) {
+        return Error(YamlWhere(origin, entry.first), child,
+                     absl::StrCat("listed twice (first at line ", it->second.line + 1, ", column ",
+                                  it->second.column + 1, ")"));
+      }
+      if (absl::Status s = Walk(entry.second, child, depth + 1); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+};
+
+// YAML text to one checked document (see SpecLimits). Errors name `origin` and the position.
+absl::StatusOr<YAML::Node> LoadDocument(const std::string& text, const std::string& origin,
+                                        const SpecLimits& limits) {
+  if (absl::Status s = CheckEncoding(text, origin); !s.ok()) return s;
+  if (absl::Status s = CheckStructure(text, origin, limits); !s.ok()) return s;
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":",
+                                                   e.mark.column + 1, ": invalid YAML: ", e.msg));
+  }
+  if (documents.size() > 1) {
+    return Error(YamlWhere(origin, documents[1]), "spec",
+                 "a second YAML document starts here (a spec is one document)");
+  }
+  YAML::Node root = documents.empty() ? YAML::Node() : documents[0];
+  TreeCheck check{origin, limits};
+  if (absl::Status s = check.Walk(root, "", 1); !s.ok()) return s;
+  return root;
 }
 
 // The trainer's type name for each dotted key ("an integer", "a number", ...).
@@ -73,18 +412,18 @@ absl::StatusOr<std::string> Canonical(const std::string& text, const std::string
     if (ParseDouble(text, &d) && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15) {
       return absl::StrCat(static_cast<int64_t>(d));
     }
-    return Error(where, key, absl::StrCat("expected an integer, got '", text, "'"));
+    return Error(where, key, absl::StrCat("expected an integer, got '", Clip(text), "'"));
   }
   if (type == "a number") {
     if (!ParseDouble(text, &d)) {
-      return Error(where, key, absl::StrCat("expected a number, got '", text, "'"));
+      return Error(where, key, absl::StrCat("expected a number, got '", Clip(text), "'"));
     }
     return ShortestDouble(d);
   }
   if (type == "a boolean (true or false)") {
     if (text == "true" || text == "True") return std::string("true");
     if (text == "false" || text == "False") return std::string("false");
-    return Error(where, key, absl::StrCat("expected true or false, got '", text, "'"));
+    return Error(where, key, absl::StrCat("expected true or false, got '", Clip(text), "'"));
   }
   if (type.empty()) {  // Free-form (command trainer): normalise what looks like a number.
     if (ParseInt(text, &i)) return absl::StrCat(i);
@@ -102,12 +441,16 @@ struct Reader {
     }
     return node.Scalar();
   }
-  absl::StatusOr<int64_t> Int(const YAML::Node& node, const std::string& key, int64_t min) const {
+  // An integer in [min, max]; the fields stored as `int` pass max = INT_MAX.
+  absl::StatusOr<int64_t> Int(const YAML::Node& node, const std::string& key, int64_t min,
+                              int64_t max = INT64_MAX) const {
     int64_t v;
     if (!node.IsScalar() || !ParseInt(node.Scalar(), &v)) {
       return Error(YamlWhere(origin, node), key, absl::StrCat("expected an integer, got ", YamlDescribe(node)));
     }
     if (v < min) return Error(YamlWhere(origin, node), key, absl::StrCat("must be >= ", min, ", got ", v));
+    if (v > max)
+      return Error(YamlWhere(origin, node), key, absl::StrCat("must be <= ", max, ", got ", v));
     return v;
   }
   absl::StatusOr<double> Number(const YAML::Node& node, const std::string& key) const {
@@ -126,21 +469,79 @@ struct Reader {
     for (const auto& entry : map) {
       const std::string name = entry.first.Scalar();
       if (allowed.count(name) == 0) {
-        return Error(YamlWhere(origin, entry.first), key.empty() ? name : key + "." + name,
-                     absl::StrCat("unknown key (expected one of ",
-                                  absl::StrJoin(allowed, ", "), ")"));
+        return Error(
+            YamlWhere(origin, entry.first), key.empty() ? Clip(name) : key + "." + Clip(name),
+            absl::StrCat("unknown key (expected one of ", absl::StrJoin(allowed, ", "), ")"));
       }
     }
     return absl::OkStatus();
   }
 };
 
+// "optim.lr", "data.tokenizer.path": parts of letters, digits, '_' and '-', at most 256 bytes.
+bool IsDottedKey(const std::string& key) {
+  if (key.empty() || key.size() > 256) return false;
+  for (const absl::string_view part : absl::StrSplit(key, '.')) {
+    if (part.empty()) return false;
+    for (const char c : part) {
+      if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') return false;
+    }
+  }
+  return true;
+}
+
+// A sweep's name is a folder of every worker's workdir and of `sweepctl run`'s runs/: letters,
+// digits, '_', '-' and '.', not starting with '.' or '-', at most 128 bytes.
+bool IsSafeName(const std::string& name) {
+  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+  });
+}
+
+// The variables a command template may use (worker/resources.h ExpandCommand): an unknown
+// ${name} or an unterminated "${" is refused at submit instead of failing every trial.
+constexpr const char* kCommandVariables[] = {"config", "trial_dir", "params",  "gpus", "threads",
+                                             "resume", "trial_id",  "attempt", "sweep"};
+
+absl::Status CheckCommandArgument(const std::string& arg, const std::string& where) {
+  for (size_t i = 0; i + 1 < arg.size(); ++i) {
+    if (arg[i] != '$') continue;
+    if (arg[i + 1] == '$') {
+      ++i;
+      continue;
+    }
+    if (arg[i + 1] != '{') continue;  // A lone "$" is kept as it is.
+    const size_t close = arg.find('}', i + 2);
+    if (close == std::string::npos) {
+      return Error(where, "trainer.command",
+                   absl::StrCat("unterminated \"${\" in \"", Clip(arg), "\""));
+    }
+    const std::string name = arg.substr(i + 2, close - i - 2);
+    if (std::find(std::begin(kCommandVariables), std::end(kCommandVariables), name) ==
+        std::end(kCommandVariables)) {
+      std::vector<std::string> known;
+      for (const char* v : kCommandVariables) known.push_back(absl::StrCat("${", v, "}"));
+      return Error(where, "trainer.command",
+                   absl::StrCat("unknown variable ${", Clip(name),
+                                "} (known: ", absl::StrJoin(known, " "), "; $$ is a literal $)"));
+    }
+    i = close;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseParameter(const Reader& r, const YAML::Node& key_node, const YAML::Node& body,
-                            bool builtin, ParameterSpec* p) {
+                            bool builtin, int64_t max_values, ParameterSpec* p) {
   p->key = key_node.Scalar();
   p->where = YamlWhere(r.origin, key_node);
-  const std::string name = "parameters." + p->key;
+  const std::string name = "parameters." + Clip(p->key);
   std::string type;
+  // The key becomes a path in the trial's config and a column of the sweep's SQL view.
+  if (!IsDottedKey(p->key)) {
+    return Error(p->where, name,
+                 "expected a dotted key of letters, digits, '_' and '-' (e.g. optim.lr)");
+  }
   if (builtin) {
     auto it = TrainerKeyTypes().find(p->key);
     if (it == TrainerKeyTypes().end()) {
@@ -161,14 +562,16 @@ absl::Status ParseParameter(const Reader& r, const YAML::Node& key_node, const Y
   if (kinds != 1) {
     return Error(p->where, name, "expected exactly one of `values: [...]`, `value: x` or `min:`/`max:`");
   }
+  std::set<std::string> seen;
   auto add_value = [&](const YAML::Node& v) -> absl::Status {
     if (!v.IsScalar()) {
       return Error(YamlWhere(r.origin, v), name, absl::StrCat("values must be scalars, got ", YamlDescribe(v)));
     }
     absl::StatusOr<std::string> c = Canonical(v.Scalar(), type, YamlWhere(r.origin, v), name);
     if (!c.ok()) return c.status();
-    for (const std::string& existing : p->values) {
-      if (existing == *c) return Error(YamlWhere(r.origin, v), name, absl::StrCat("value ", *c, " is listed twice"));
+    if (!seen.insert(*c).second) {
+      return Error(YamlWhere(r.origin, v), name,
+                   absl::StrCat("value ", Clip(*c), " is listed twice"));
     }
     p->values.push_back(*c);
     return absl::OkStatus();
@@ -178,6 +581,11 @@ absl::Status ParseParameter(const Reader& r, const YAML::Node& key_node, const Y
       return Error(YamlWhere(r.origin, values), name + ".values", absl::StrCat("expected a list, got ", YamlDescribe(values)));
     }
     if (values.size() == 0) return Error(YamlWhere(r.origin, values), name + ".values", "empty list: nothing to sweep");
+    if (static_cast<int64_t>(values.size()) > max_values) {
+      return Error(YamlWhere(r.origin, values), name + ".values",
+                   absl::StrCat(values.size(), " values; the limit is ", max_values,
+                                " (the most trials a sweep may have)"));
+    }
     for (const auto& v : values) {
       if (absl::Status s = add_value(v); !s.ok()) return s;
     }
@@ -210,17 +618,27 @@ absl::Status ParseParameter(const Reader& r, const YAML::Node& key_node, const Y
     if (p->min <= 0) return Error(YamlWhere(r.origin, min), name + ".min", "log_uniform needs min > 0");
   } else if (dist == "int_uniform") {
     p->distribution = Distribution::kIntUniform;
+    if (std::ceil(p->min) > std::floor(p->max)) {
+      return Error(p->where, name, "int_uniform range holds no integer");
+    }
   } else if (dist == "q_uniform") {
     p->distribution = Distribution::kQUniform;
   } else {
     return Error(YamlWhere(r.origin, body["distribution"]), name + ".distribution",
-                 absl::StrCat("expected uniform, log_uniform, int_uniform or q_uniform; got '", dist, "'"));
+                 absl::StrCat("expected uniform, log_uniform, int_uniform or q_uniform; got '",
+                              Clip(dist), "'"));
   }
   if (const YAML::Node q = body["q"]) {
     absl::StatusOr<double> qv = r.Number(q, name + ".q");
     if (!qv.ok()) return qv.status();
     if (*qv <= 0) return Error(YamlWhere(r.origin, q), name + ".q", "must be > 0");
     p->q = *qv;
+  }
+  // Draws become integers exactly only up to 2^53 (and int64 overflows beyond 2^63).
+  constexpr double kMaxExactInteger = 9007199254740992.0;
+  if ((type == "an integer" || p->distribution == Distribution::kIntUniform) &&
+      (std::fabs(p->min) > kMaxExactInteger || std::fabs(p->max) > kMaxExactInteger)) {
+    return Error(p->where, name, "an integer range must lie within +-9007199254740992 (2^53)");
   }
   return absl::OkStatus();
 }
@@ -246,7 +664,7 @@ absl::Status ParseEarlyTerminate(const Reader& r, const YAML::Node& node,
     if (!type.ok()) return type.status();
     if (*type != "divergence" && *type != "asha" && *type != "hyperband") {
       return Error(YamlWhere(r.origin, item["type"]), "early_terminate.type",
-                   absl::StrCat("expected divergence, asha or hyperband; got '", *type, "'"));
+                   absl::StrCat("expected divergence, asha or hyperband; got '", Clip(*type), "'"));
     }
     rule.type = *type;
     if (item["min_steps"]) {
@@ -353,7 +771,7 @@ class Rng {
 
 absl::StatusOr<std::string> Sample(const ParameterSpec& p, Rng& rng) {
   if (!p.is_range) return p.values[rng.Below(p.values.size())];
-  const auto types = TrainerKeyTypes();
+  const auto& types = TrainerKeyTypes();
   const auto it = types.find(p.key);
   const bool integer = it != types.end() && it->second == "an integer";
   double v = 0;
@@ -378,15 +796,24 @@ absl::StatusOr<std::string> Sample(const ParameterSpec& p, Rng& rng) {
   return ShortestDouble(v);
 }
 
-// Sets a dotted key in a YAML map (for command trainers' Lingua-layout configs).
-void SetDotted(YAML::Node root, const std::string& key, const std::string& value) {
-  std::vector<std::string> parts = absl::StrSplit(key, '.');
+// Sets parameter `p` to `value`, read as YAML, in a YAML map (for command trainers'
+// Lingua-layout configs): "{fortunes: 1.0}" becomes a map. The value is checked as a spec is.
+absl::Status SetDotted(YAML::Node root, const ParameterSpec& p, const std::string& value,
+                       const SpecLimits& limits) {
+  absl::StatusOr<YAML::Node> parsed = LoadDocument(value, "value", limits);
+  if (!parsed.ok()) {
+    return Error(
+        p.where, "parameters." + p.key,
+        absl::StrCat("value '", Clip(value), "' is not usable YAML: ", parsed.status().message()));
+  }
+  std::vector<std::string> parts = absl::StrSplit(p.key, '.');
   YAML::Node node = root;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     if (!node[parts[i]] || !node[parts[i]].IsMap()) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
     node.reset(node[parts[i]]);
   }
-  node[parts.back()] = YAML::Load(value);
+  node[parts.back()] = *parsed;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -402,19 +829,16 @@ int64_t GridSize(const SweepSpec& spec) {
   return size;
 }
 
-absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::string& origin,
-                                         const SpecLimits& limits) {
+// ParseSweepSpec without the bound on the error message's size.
+static absl::StatusOr<SweepSpec> ParseUnclipped(const std::string& text, const std::string& origin,
+                                                const SpecLimits& limits) {
   if (text.size() > limits.max_spec_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(origin, ": spec is ", text.size(),
                                                    " bytes; the limit is ", limits.max_spec_bytes));
   }
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":",
-                                                   e.mark.column + 1, ": invalid YAML: ", e.msg));
-  }
+  absl::StatusOr<YAML::Node> document = LoadDocument(text, origin, limits);
+  if (!document.ok()) return ClipMessage(document.status());
+  const YAML::Node root = *document;
   const Reader r{origin};
   if (!root.IsMap()) {
     return absl::InvalidArgumentError(absl::StrCat(YamlWhere(origin, root),
@@ -442,6 +866,12 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
   absl::StatusOr<std::string> name = r.String(root["name"], "name");
   if (!name.ok()) return name.status();
   if (name->empty()) return Error(YamlWhere(origin, root["name"]), "name", "must not be empty");
+  if (!IsSafeName(*name)) {
+    return Error(YamlWhere(origin, root["name"]), "name",
+                 absl::StrCat("expected at most 128 letters, digits, '_', '-' and '.', not "
+                              "starting with '.' or '-' (it names folders), got '",
+                              Clip(*name), "'"));
+  }
   spec.name = *name;
   if (root["description"]) {
     absl::StatusOr<std::string> d = r.String(root["description"], "description");
@@ -457,7 +887,7 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
     spec.method = SearchMethod::kRandom;
   } else {
     return Error(YamlWhere(origin, root["method"]), "method",
-                 absl::StrCat("expected grid or random, got '", *method, "'"));
+                 absl::StrCat("expected grid or random, got '", Clip(*method), "'"));
   }
   if (spec.method == SearchMethod::kRandom) {
     if (absl::Status s = require("run_cap"); !s.ok()) return s;
@@ -482,6 +912,10 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
     if (metric["name"]) {
       absl::StatusOr<std::string> m = r.String(metric["name"], "metric.name");
       if (!m.ok()) return m.status();
+      if (m->empty() || m->size() > 256) {
+        return Error(YamlWhere(origin, metric["name"]), "metric.name",
+                     "expected a metric name of 1 to 256 bytes, e.g. loss/val");
+      }
       spec.metric_name = *m;
     }
     if (metric["goal"]) {
@@ -489,7 +923,7 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
       if (!goal.ok()) return goal.status();
       if (*goal != "minimize" && *goal != "maximize") {
         return Error(YamlWhere(origin, metric["goal"]), "metric.goal",
-                     absl::StrCat("expected minimize or maximize, got '", *goal, "'"));
+                     absl::StrCat("expected minimize or maximize, got '", Clip(*goal), "'"));
       }
       spec.minimize = *goal == "minimize";
     }
@@ -498,8 +932,9 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
   if (const YAML::Node t = root["trainer"]) {
     if (t.IsScalar()) {
       if (t.Scalar() != "builtin") {
-        return Error(YamlWhere(origin, t), "trainer",
-                     absl::StrCat("expected builtin or {command: [...]}, got '", t.Scalar(), "'"));
+        return Error(
+            YamlWhere(origin, t), "trainer",
+            absl::StrCat("expected builtin or {command: [...]}, got '", Clip(t.Scalar()), "'"));
       }
     } else {
       if (absl::Status s = r.OnlyKeys(t, "trainer", {"command"}); !s.ok()) return s;
@@ -512,6 +947,10 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
       for (const auto& arg : command) {
         absl::StatusOr<std::string> a = r.String(arg, "trainer.command");
         if (!a.ok()) return a.status();
+        if (spec.command.empty() && a->empty()) {
+          return Error(YamlWhere(origin, arg), "trainer.command", "the program must not be empty");
+        }
+        if (absl::Status s = CheckCommandArgument(*a, YamlWhere(origin, arg)); !s.ok()) return s;
         spec.command.push_back(*a);
       }
     }
@@ -535,7 +974,9 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
   }
   for (const auto& entry : params) {
     ParameterSpec p;
-    if (absl::Status s = ParseParameter(r, entry.first, entry.second, spec.builtin(), &p); !s.ok()) {
+    if (absl::Status s =
+            ParseParameter(r, entry.first, entry.second, spec.builtin(), limits.max_trials, &p);
+        !s.ok()) {
       return s;
     }
     if (p.is_range && spec.method == SearchMethod::kGrid) {
@@ -564,23 +1005,25 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
       return s;
     }
     if (res["gpus_per_trial"]) {
-      absl::StatusOr<int64_t> v = r.Int(res["gpus_per_trial"], "resources.gpus_per_trial", 0);
+      absl::StatusOr<int64_t> v =
+          r.Int(res["gpus_per_trial"], "resources.gpus_per_trial", 0, INT_MAX);
       if (!v.ok()) return v.status();
       spec.gpus_per_trial = static_cast<int>(*v);
     }
     if (res["cpu_slots_per_trial"]) {
-      absl::StatusOr<int64_t> v = r.Int(res["cpu_slots_per_trial"], "resources.cpu_slots_per_trial", 1);
+      absl::StatusOr<int64_t> v =
+          r.Int(res["cpu_slots_per_trial"], "resources.cpu_slots_per_trial", 1, INT_MAX);
       if (!v.ok()) return v.status();
       spec.cpu_slots_per_trial = static_cast<int>(*v);
     }
   }
   if (root["max_attempts"]) {
-    absl::StatusOr<int64_t> v = r.Int(root["max_attempts"], "max_attempts", 1);
+    absl::StatusOr<int64_t> v = r.Int(root["max_attempts"], "max_attempts", 1, INT_MAX);
     if (!v.ok()) return v.status();
     spec.max_attempts = static_cast<int>(*v);
   }
   if (root["parallel"]) {
-    absl::StatusOr<int64_t> v = r.Int(root["parallel"], "parallel", 0);
+    absl::StatusOr<int64_t> v = r.Int(root["parallel"], "parallel", 0, INT_MAX);
     if (!v.ok()) return v.status();
     spec.parallel = static_cast<int>(*v);
   }
@@ -589,6 +1032,13 @@ absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::str
   // submit, with the parameter's position.
   absl::StatusOr<std::vector<TrialSpec>> trials = ExpandSweep(spec, limits);
   if (!trials.ok()) return trials.status();
+  return spec;
+}
+
+absl::StatusOr<SweepSpec> ParseSweepSpec(const std::string& text, const std::string& origin,
+                                         const SpecLimits& limits) {
+  absl::StatusOr<SweepSpec> spec = ParseUnclipped(text, origin, limits);
+  if (!spec.ok()) return ClipMessage(spec.status());
   return spec;
 }
 
@@ -641,10 +1091,14 @@ absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
   YAML::Node base;
   std::string base_origin = spec.origin;
   if (!spec.source_text.empty()) {
-    base = YAML::Load(spec.source_text)["base"];
+    absl::StatusOr<YAML::Node> root = LoadDocument(spec.source_text, spec.origin, limits);
+    if (!root.ok()) return ClipMessage(root.status());
+    if (root->IsMap()) base = (*root)["base"];
   } else if (!spec.base_yaml.empty()) {
-    base = YAML::Load(spec.base_yaml);
     base_origin += " (base)";
+    absl::StatusOr<YAML::Node> root = LoadDocument(spec.base_yaml, base_origin, limits);
+    if (!root.ok()) return ClipMessage(root.status());
+    base = *root;
   }
   std::vector<TrialSpec> trials;
   trials.reserve(choices.size());
@@ -664,13 +1118,17 @@ absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
       absl::StatusOr<trainer::TrainConfig> config =
           trainer::ParseTrainConfigNode(base, base_origin, overrides);
       if (!config.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(config.status().message(), " [trial ", trial.trial_key, "]"));
+        return ClipMessage(absl::InvalidArgumentError(
+            absl::StrCat(config.status().message(), " [trial ", trial.trial_key, "]")));
       }
       trial.config_yaml = trainer::TrainConfigToYaml(*config);
     } else {
       YAML::Node config = base ? YAML::Clone(base) : YAML::Node(YAML::NodeType::Map);
-      for (const auto& [key, value] : trial.params) SetDotted(config, key, value);
+      for (size_t i = 0; i < values.size(); ++i) {
+        if (absl::Status s = SetDotted(config, spec.parameters[i], values[i], limits); !s.ok()) {
+          return ClipMessage(s);
+        }
+      }
       YAML::Emitter out;
       out << config;
       trial.config_yaml = std::string(out.c_str()) + "\n";

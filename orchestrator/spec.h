@@ -3,9 +3,9 @@
 //   name: depth_lr
 //   method: grid                     # grid | random (with run_cap and seed)
 //   metric: {name: loss/val, goal: minimize}
-//   trainer: builtin                 # or {command: [python, -m, apps.main.train, "config=${config}"]}
-//   base: {...}                      # a trainer config (worker/trainer/config.h keys)
-//   parameters:                      # dotted keys override base
+//   trainer: builtin                 # or {command: [python, -m, apps.main.train,
+//   "config=${config}"]} base: {...}                      # a trainer config
+//   (worker/trainer/config.h keys) parameters:                      # dotted keys override base
 //     model.n_layers: {values: [2, 4, 6]}
 //     optim.lr: {min: 1e-4, max: 1e-1, distribution: log_uniform}   # random only
 //   early_terminate: {type: divergence}   # or a list: [{type: divergence}, {type: asha, ...}]
@@ -25,6 +25,11 @@
 //     one key); the orchestrator stores it with a UNIQUE constraint, so re-submitting a spec
 //     never duplicates a configuration.
 //   * A grid larger than SpecLimits::max_trials is refused before anything is expanded.
+//   * Hostile text is refused quickly (see SpecLimits), also by what names and paths it may
+//     carry: `name` is letters, digits, '_', '-' and '.' (it names folders), parameter keys
+//     are dotted names (they become config paths and SQL columns), duplicate keys anywhere
+//     are refused, and a command's ${variables} must be ones the worker knows.
+//   * Error messages are one line of at most a few kilobytes: echoed values are clipped.
 #ifndef SWEEP_ORCHESTRATOR_SPEC_H_
 #define SWEEP_ORCHESTRATOR_SPEC_H_
 
@@ -80,9 +85,17 @@ struct SweepSpec {
   bool builtin() const { return command.empty(); }
 };
 
+// What a spec may ask of the parser, so that hostile text is refused quickly and with a clear
+// error rather than exhausting time, memory or the stack. The text is checked before yaml-cpp
+// sees it (size, UTF-8 without NUL or control bytes, quotes closed, flow and block nesting,
+// alias count), and the parsed document again (one document, nesting with aliases followed,
+// size with every alias expanded, no duplicate or non-scalar keys).
 struct SpecLimits {
   int64_t max_trials = 10000;   // Refuse grids (and run_caps) above this.
   size_t max_spec_bytes = 1 << 20;
+  int max_depth = 64;          // Nesting of maps and lists (an alias cycle exceeds it).
+  int max_aliases = 100;       // `*name` references in the text.
+  int64_t max_nodes = 200000;  // Nodes of the document with every alias expanded.
 };
 
 // One configuration of the sweep.
