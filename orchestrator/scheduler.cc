@@ -95,15 +95,15 @@ Lease MakeLease(const LeaseSweep& sweep, Statement& st, int first, double expire
 
 // Runs `body` inside BEGIN IMMEDIATE ... COMMIT, rolling back when it fails.
 template <typename F>
-absl::Status InTransaction(sqlite3* db, F body) {
-  if (absl::Status s = ExecSql(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
+absl::Status InTransaction(StatementCache* cache, F body) {
+  if (absl::Status s = ExecCached(cache, "BEGIN IMMEDIATE"); !s.ok()) return s;
   absl::Status s = body();
   if (!s.ok()) {
-    (void)ExecSql(db, "ROLLBACK");
+    (void)ExecCached(cache, "ROLLBACK");
     return s;
   }
-  if (absl::Status c = ExecSql(db, "COMMIT"); !c.ok()) {
-    (void)ExecSql(db, "ROLLBACK");
+  if (absl::Status c = ExecCached(cache, "COMMIT"); !c.ok()) {
+    (void)ExecCached(cache, "ROLLBACK");
     return c;
   }
   return absl::OkStatus();
@@ -133,9 +133,9 @@ absl::StatusOr<int64_t> Scheduler::RegisterWorker(const WorkerInfo& info) {
   }
   int64_t id = 0;
   int held = 0;
-  absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
+  absl::Status s = InTransaction(store_->statements(), [&]() -> absl::Status {
     const double now = clock_->Now();
-    Statement upsert(store_->db(),
+    Statement upsert(store_->statements(),
                      "INSERT INTO workers (name, host, gpus, cpu_slots, labels, registered_at, "
                      "last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(name) DO UPDATE "
                      "SET host = ?2, gpus = ?3, cpu_slots = ?4, labels = ?5, last_seen = ?6, "
@@ -152,7 +152,7 @@ absl::StatusOr<int64_t> Scheduler::RegisterWorker(const WorkerInfo& info) {
     upsert.Reset();  // Finish the RETURNING statement before the next write.
     // A restarted worker re-attaches by name while sweepd still leases trials to it: give it
     // a full lease to reconcile each one (HeldTrials) before ExpireLeases requeues them.
-    Statement renew(store_->db(),
+    Statement renew(store_->statements(),
                     "UPDATE trials SET lease_expires_at = ? WHERE worker_id = ? "
                     "AND state IN ('leased', 'running')");
     renew.Bind(1, now + options_.lease_ttl);
@@ -173,7 +173,7 @@ absl::StatusOr<int64_t> Scheduler::RegisterWorker(const WorkerInfo& info) {
 }
 
 absl::StatusOr<std::vector<Lease>> Scheduler::HeldTrials(int64_t worker_id) {
-  Statement st(store_->db(),
+  Statement st(store_->statements(),
                absl::StrCat("SELECT ", kLeaseTrialColumns, ", t.lease_expires_at, ",
                             kLeaseSweepColumns,
                             " FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
@@ -194,9 +194,9 @@ absl::StatusOr<std::vector<Lease>> Scheduler::HeldTrials(int64_t worker_id) {
 absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int free_gpus,
                                                           int free_cpu_slots, int max_trials) {
   std::vector<Lease> leases;
-  absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
+  absl::Status s = InTransaction(store_->statements(), [&]() -> absl::Status {
     const double now = clock_->Now();
-    Statement worker(store_->db(), "SELECT state, name FROM workers WHERE id = ?");
+    Statement worker(store_->statements(), "SELECT state, name FROM workers WHERE id = ?");
     worker.Bind(1, worker_id);
     if (worker.Step() != SQLITE_ROW) {
       return absl::NotFoundError(absl::StrCat("no worker ", worker_id, "; register first"));
@@ -208,17 +208,17 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
     }
     // Running sweeps in priority order, then each one's oldest pending trials (index
     // trials_by_state), so a lease costs the same with 10 or 100,000 trials waiting.
-    Statement sweeps(store_->db(),
+    Statement sweeps(store_->statements(),
                      absl::StrCat("SELECT ", kLeaseSweepColumns, ", s.parallel FROM sweeps s "
                                   "WHERE s.state = 'running' ORDER BY s.priority DESC, s.id"));
     if (!sweeps.status().ok()) return sweeps.status();
-    Statement live(store_->db(),
+    Statement live(store_->statements(),
                    "SELECT COUNT(*) FROM trials WHERE sweep_id = ? AND state IN ('leased', 'running')");
-    Statement pending(store_->db(),
+    Statement pending(store_->statements(),
                       absl::StrCat("SELECT ", kLeaseTrialColumns, " FROM trials t "
                                    "WHERE t.sweep_id = ? AND t.state = 'pending' "
                                    "ORDER BY t.id LIMIT ?"));
-    Statement take(store_->db(),
+    Statement take(store_->statements(),
                    "UPDATE trials SET state = 'leased', attempt = attempt + 1, worker_id = ?, "
                    "lease_expires_at = ?, stop_requested = 0, stop_reason = NULL, "
                    "started_at = COALESCE(started_at, ?) WHERE id = ? AND state = 'pending'");
@@ -269,7 +269,7 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
         leases.push_back(std::move(lease));
       }
     }
-    Statement seen(store_->db(), "UPDATE workers SET last_seen = ? WHERE id = ?");
+    Statement seen(store_->statements(), "UPDATE workers SET last_seen = ? WHERE id = ?");
     seen.Bind(1, now);
     seen.Bind(2, worker_id);
     if (seen.Step() != SQLITE_DONE) return seen.Error("updating the worker");
@@ -281,7 +281,7 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
 
 absl::Status Scheduler::CheckFence(int64_t trial_id, int attempt, int64_t* sweep_id,
                                    int64_t* worker_id) {
-  Statement st(store_->db(), "SELECT attempt, state, sweep_id, worker_id FROM trials WHERE id = ?");
+  Statement st(store_->statements(), "SELECT attempt, state, sweep_id, worker_id FROM trials WHERE id = ?");
   st.Bind(1, trial_id);
   if (st.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("no trial ", trial_id));
   const std::string state = st.Text(1);
@@ -296,13 +296,12 @@ absl::Status Scheduler::CheckFence(int64_t trial_id, int attempt, int64_t* sweep
 }
 
 absl::Status Scheduler::MarkRunning(int64_t trial_id, int attempt) {
-  return InTransaction(store_->db(), [&]() -> absl::Status {
+  return InTransaction(store_->statements(), [&]() -> absl::Status {
     int64_t sweep_id, worker_id;
     if (absl::Status s = CheckFence(trial_id, attempt, &sweep_id, &worker_id); !s.ok()) return s;
-    if (absl::Status s = Exec(absl::StrCat("UPDATE trials SET state = 'running' WHERE id = ", trial_id));
-        !s.ok()) {
-      return s;
-    }
+    Statement st(store_->statements(), "UPDATE trials SET state = 'running' WHERE id = ?");
+    st.Bind(1, trial_id);
+    if (st.Step() != SQLITE_DONE) return st.Error("marking a trial running");
     return Event(sweep_id, trial_id, worker_id, "running", absl::StrCat("attempt ", attempt));
   });
 }
@@ -310,19 +309,19 @@ absl::Status Scheduler::MarkRunning(int64_t trial_id, int attempt) {
 absl::StatusOr<std::vector<StopRequest>> Scheduler::Heartbeat(
     int64_t worker_id, const std::vector<TrialProgress>& trials) {
   std::vector<StopRequest> stops;
-  absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
+  absl::Status s = InTransaction(store_->statements(), [&]() -> absl::Status {
     const double now = clock_->Now();
-    Statement seen(store_->db(), "UPDATE workers SET last_seen = ? WHERE id = ?");
+    Statement seen(store_->statements(), "UPDATE workers SET last_seen = ? WHERE id = ?");
     seen.Bind(1, now);
     seen.Bind(2, worker_id);
     if (seen.Step() != SQLITE_DONE || sqlite3_changes(store_->db()) == 0) {
       return absl::NotFoundError(absl::StrCat("no worker ", worker_id, "; register first"));
     }
-    Statement get(store_->db(),
+    Statement get(store_->statements(),
                   "SELECT t.attempt, t.state, t.worker_id, t.stop_requested, s.state, "
                   "COALESCE(t.stop_reason, '') FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
                   "WHERE t.id = ?");
-    Statement renew(store_->db(),
+    Statement renew(store_->statements(),
                     "UPDATE trials SET lease_expires_at = ?, last_step = MAX(COALESCE(last_step, 0), ?) "
                     "WHERE id = ?");
     for (const TrialProgress& p : trials) {
@@ -366,10 +365,10 @@ absl::StatusOr<std::vector<StopRequest>> Scheduler::Heartbeat(
 
 absl::Status Scheduler::ReportCheckpoint(int64_t trial_id, int attempt, const std::string& path,
                                          int64_t step) {
-  return InTransaction(store_->db(), [&]() -> absl::Status {
+  return InTransaction(store_->statements(), [&]() -> absl::Status {
     int64_t sweep_id, worker_id;
     if (absl::Status s = CheckFence(trial_id, attempt, &sweep_id, &worker_id); !s.ok()) return s;
-    Statement st(store_->db(), "UPDATE trials SET checkpoint = ?, checkpoint_step = ? WHERE id = ?");
+    Statement st(store_->statements(), "UPDATE trials SET checkpoint = ?, checkpoint_step = ? WHERE id = ?");
     st.Bind(1, path);
     st.Bind(2, step);
     st.Bind(3, trial_id);
@@ -379,11 +378,11 @@ absl::Status Scheduler::ReportCheckpoint(int64_t trial_id, int attempt, const st
 }
 
 absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion& c) {
-  return InTransaction(store_->db(), [&]() -> absl::Status {
+  return InTransaction(store_->statements(), [&]() -> absl::Status {
     int64_t sweep_id, worker_id;
     if (absl::Status s = CheckFence(trial_id, attempt, &sweep_id, &worker_id); !s.ok()) return s;
     const double now = clock_->Now();
-    Statement info(store_->db(),
+    Statement info(store_->statements(),
                    "SELECT t.stop_requested, s.state, s.max_attempts, t.attempt_errors, "
                    "COALESCE(t.stop_reason, ''), t.divergence_step, "
                    "COALESCE(t.divergence_reason, '') "
@@ -464,7 +463,7 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
       error = divergence_reason;
     }
     if (state == "pending") error.reset();
-    Statement st(store_->db(),
+    Statement st(store_->statements(),
                  "UPDATE trials SET state = ?1, worker_id = NULL, lease_expires_at = NULL, "
                  "last_step = ?2, final_metric = ?3, best_metric = ?4, diverged_step = ?5, "
                  "error = ?6, attempt_errors = COALESCE(?7, attempt_errors), "
@@ -519,14 +518,14 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
     // trial handed back says nothing about the worker either way.
     if (worker_id != 0 && c.outcome != Outcome::kReleased) {
       const bool failed = c.outcome == Outcome::kFailed;
-      if (absl::Status s = Exec(absl::StrCat(
-              "UPDATE workers SET consecutive_failures = ",
-              failed ? "consecutive_failures + 1" : "0", " WHERE id = ", worker_id));
-          !s.ok()) {
-        return s;
-      }
+      Statement count(store_->statements(),
+                      "UPDATE workers SET consecutive_failures = "
+                      "CASE WHEN ? THEN consecutive_failures + 1 ELSE 0 END WHERE id = ?");
+      count.Bind(1, failed ? 1 : 0);
+      count.Bind(2, worker_id);
+      if (count.Step() != SQLITE_DONE) return count.Error("counting the worker's failures");
       if (failed) {
-        Statement q(store_->db(),
+        Statement q(store_->statements(),
                     "UPDATE workers SET state = 'quarantined' WHERE id = ? AND state = 'active' "
                     "AND consecutive_failures >= ?");
         q.Bind(1, worker_id);
@@ -552,24 +551,28 @@ absl::Status Scheduler::Complete(int64_t trial_id, int attempt, const Completion
 
 absl::Status Scheduler::CompleteSweepIfDone(int64_t sweep_id, double now) {
   // A sweep with no trial left to run is completed.
-  return Exec(absl::StrCat(
-      "UPDATE sweeps SET state = 'completed', updated_at = ", now, " WHERE id = ", sweep_id,
-      " AND state = 'running' AND NOT EXISTS (SELECT 1 FROM trials WHERE sweep_id = ", sweep_id,
-      " AND state IN ('pending', 'leased', 'running'))"));
+  Statement st(store_->statements(),
+               "UPDATE sweeps SET state = 'completed', updated_at = ?1 WHERE id = ?2 "
+               "AND state = 'running' AND NOT EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?2 "
+               "AND state IN ('pending', 'leased', 'running'))");
+  st.Bind(1, now);
+  st.Bind(2, sweep_id);
+  if (st.Step() != SQLITE_DONE) return st.Error("completing the sweep");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int> Scheduler::ExpireLeases() {
   int expired = 0;
-  absl::Status s = InTransaction(store_->db(), [&]() -> absl::Status {
+  absl::Status s = InTransaction(store_->statements(), [&]() -> absl::Status {
     const double now = clock_->Now();
-    Statement find(store_->db(),
+    Statement find(store_->statements(),
                    "SELECT t.id, t.attempt, t.sweep_id, t.worker_id, s.max_attempts, "
                    "t.attempt_errors, t.stop_requested, s.state, COALESCE(t.stop_reason, ''), "
                    "COALESCE(t.divergence_step, t.last_step) FROM trials t "
                    "JOIN sweeps s ON s.id = t.sweep_id "
                    "WHERE t.state IN ('leased', 'running') AND t.lease_expires_at < ?");
     find.Bind(1, now);
-    Statement update(store_->db(),
+    Statement update(store_->statements(),
                      "UPDATE trials SET state = ?, worker_id = NULL, lease_expires_at = NULL, "
                      "attempt_errors = ?, error = ?, finished_at = ?, "
                      "diverged_step = CASE WHEN ?1 = 'diverged' THEN ? ELSE diverged_step END "
@@ -643,7 +646,7 @@ absl::StatusOr<int64_t> SweepId(Store* store, const std::string& sweep) {
 absl::Status Scheduler::PauseSweep(const std::string& sweep, bool stop_running) {
   absl::StatusOr<int64_t> id = SweepId(store_, sweep);
   if (!id.ok()) return id.status();
-  return InTransaction(store_->db(), [&]() -> absl::Status {
+  return InTransaction(store_->statements(), [&]() -> absl::Status {
     if (absl::Status s = Exec(absl::StrCat("UPDATE sweeps SET state = 'paused', updated_at = ",
                                            clock_->Now(), " WHERE id = ", *id,
                                            " AND state = 'running'"));
@@ -667,7 +670,7 @@ absl::Status Scheduler::PauseSweep(const std::string& sweep, bool stop_running) 
 absl::Status Scheduler::ResumeSweep(const std::string& sweep) {
   absl::StatusOr<int64_t> id = SweepId(store_, sweep);
   if (!id.ok()) return id.status();
-  return InTransaction(store_->db(), [&]() -> absl::Status {
+  return InTransaction(store_->statements(), [&]() -> absl::Status {
     if (absl::Status s = Exec(absl::StrCat("UPDATE sweeps SET state = 'running', updated_at = ",
                                            clock_->Now(), " WHERE id = ", *id,
                                            " AND state = 'paused'"));
@@ -681,7 +684,7 @@ absl::Status Scheduler::ResumeSweep(const std::string& sweep) {
 absl::Status Scheduler::CancelSweep(const std::string& sweep) {
   absl::StatusOr<int64_t> id = SweepId(store_, sweep);
   if (!id.ok()) return id.status();
-  return InTransaction(store_->db(), [&]() -> absl::Status {
+  return InTransaction(store_->statements(), [&]() -> absl::Status {
     const double now = clock_->Now();
     for (const std::string& sql : {
              absl::StrCat("UPDATE sweeps SET state = 'cancelled', updated_at = ", now,
@@ -697,8 +700,8 @@ absl::Status Scheduler::CancelSweep(const std::string& sweep) {
 }
 
 absl::Status Scheduler::CancelTrial(int64_t trial_id) {
-  return InTransaction(store_->db(), [&]() -> absl::Status {
-    Statement st(store_->db(),
+  return InTransaction(store_->statements(), [&]() -> absl::Status {
+    Statement st(store_->statements(),
                  "UPDATE trials SET state = CASE state WHEN 'pending' THEN 'cancelled' ELSE state END, "
                  "finished_at = CASE state WHEN 'pending' THEN ?2 ELSE finished_at END, "
                  "stop_requested = CASE WHEN state IN ('leased', 'running') THEN 2 ELSE stop_requested END "
@@ -714,8 +717,8 @@ absl::Status Scheduler::CancelTrial(int64_t trial_id) {
 }
 
 absl::Status Scheduler::RetryTrial(int64_t trial_id) {
-  return InTransaction(store_->db(), [&]() -> absl::Status {
-    Statement st(store_->db(),
+  return InTransaction(store_->statements(), [&]() -> absl::Status {
+    Statement st(store_->statements(),
                  "UPDATE trials SET state = 'pending', error = NULL, finished_at = NULL, "
                  "attempt_errors = '[]', divergence_step = NULL, divergence_reason = NULL, "
                  "stop_reason = NULL, asha_exempt = asha_exempt OR state = 'stopped' "
@@ -737,7 +740,7 @@ absl::Status Scheduler::RetryTrial(int64_t trial_id) {
 }
 
 absl::Status Scheduler::ReleaseWorker(const std::string& name) {
-  Statement st(store_->db(),
+  Statement st(store_->statements(),
                "UPDATE workers SET state = 'active', consecutive_failures = 0 WHERE name = ? "
                "RETURNING id");
   st.Bind(1, name);

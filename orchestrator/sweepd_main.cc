@@ -140,6 +140,10 @@ int Main(int argc, char** argv) {
   builder.AddListeningPort(listen, credentials, &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(64 << 20);
+  // Keep idle threads for the next requests: with gRPC's default (at most 2 idle pollers) a
+  // synchronous server starts and ends a thread for most calls once hundreds of workers
+  // heartbeat and stream at once (tools/load_orchestrator).
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 32);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     spdlog::error("cannot listen on {}", listen);
