@@ -75,7 +75,7 @@ MetricBlock ReadBlock(Statement& st) {
 
 }  // namespace
 
-absl::Status UpdateMetricBlocks(sqlite3* db, const std::vector<MetricRow>& added) {
+absl::Status UpdateMetricBlocks(StatementCache* statements, const std::vector<MetricRow>& added) {
   std::map<std::tuple<int64_t, std::string, int64_t>, MetricBlock> touched;
   for (const MetricRow& row : added) {
     const int64_t block = row.step / kMetricBlockSteps;
@@ -83,9 +83,9 @@ absl::Status UpdateMetricBlocks(sqlite3* db, const std::vector<MetricRow>& added
     b.block = block;
     b.Add(row.step, row.value);
   }
-  Statement read(db, absl::StrCat("SELECT ", kColumns, " FROM metric_blocks WHERE trial_id = ? AND name = ? AND block = ?"));
-  Statement write(db, absl::StrCat("INSERT OR REPLACE INTO metric_blocks (trial_id, name, ", kColumns,
-                                   ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+  Statement read(statements, absl::StrCat("SELECT ", kColumns, " FROM metric_blocks WHERE trial_id = ? AND name = ? AND block = ?"));
+  Statement write(statements, absl::StrCat("INSERT OR REPLACE INTO metric_blocks (trial_id, name, ",
+                                           kColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   if (!read.status().ok()) return read.status();
   if (!write.status().ok()) return write.status();
   for (auto& [key, fresh] : touched) {

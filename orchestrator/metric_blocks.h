@@ -43,7 +43,8 @@ struct MetricBlock {
   void Merge(const MetricBlock& other);
 };
 
-absl::Status UpdateMetricBlocks(sqlite3* db, const std::vector<MetricRow>& added);
+// It runs with every metrics batch, so its statements come from the writer's cache.
+absl::Status UpdateMetricBlocks(StatementCache* statements, const std::vector<MetricRow>& added);
 
 // The blocks of one metric of one trial whose steps fall in [first_block, last_block].
 absl::StatusOr<std::vector<MetricBlock>> ReadMetricBlocks(sqlite3* db, int64_t trial_id, const std::string& name,

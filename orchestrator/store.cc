@@ -605,7 +605,7 @@ absl::StatusOr<int64_t> Store::InsertMetrics(const std::vector<MetricRow>& rows,
       new_rows.push_back(row);
     }
   }
-  if (absl::Status s = UpdateMetricBlocks(db_, new_rows); !s.ok()) return fail(s);
+  if (absl::Status s = UpdateMetricBlocks(statements_.get(), new_rows); !s.ok()) return fail(s);
   if (on_new && !new_rows.empty()) {
     if (absl::Status s = on_new(new_rows); !s.ok()) return fail(s);
   }
