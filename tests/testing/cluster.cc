@@ -27,7 +27,9 @@ Cluster::~Cluster() {
 bool Cluster::StartSweepd(const std::vector<std::string>& extra) {
   sweepd_.reset();
   fs::remove(dir_ + "/port");
-  std::vector<std::string> argv = {binaries_.sweepd, "--db", db_path(), "--listen", "127.0.0.1:0",
+  // A restart listens on the first start's port, so the workers already running find it again.
+  const std::string listen = target_.empty() ? "127.0.0.1:0" : target_;
+  std::vector<std::string> argv = {binaries_.sweepd, "--db", db_path(), "--listen", listen,
                                    "--port-file", dir_ + "/port"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   // One log per start: sweepd-1.log, sweepd-2.log, ...

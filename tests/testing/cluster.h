@@ -39,8 +39,8 @@ class Cluster {
   Cluster(const Cluster&) = delete;
   Cluster& operator=(const Cluster&) = delete;
 
-  // Starts sweepd on a free loopback port (restarts it on the same database after a stop) and
-  // waits until it serves; false (with the log in Logs()) if it does not within 30 s.
+  // Starts sweepd on a free loopback port (restarts it on the same database and port after a
+  // stop) and waits until it serves; false (with the log in Logs()) if it does not within 30 s.
   // `extra` is appended to its arguments (e.g. --lease-ttl 5).
   bool StartSweepd(const std::vector<std::string>& extra = {});
   // Signals sweepd and waits for it; returns its exit code.
