@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "analysis/analysis.h"
+#include "orchestrator/auth.h"
 #include "orchestrator/sql.h"
 
 namespace sweep::orchestrator {
@@ -94,17 +95,6 @@ grpc::Status ToGrpc(const absl::Status& s) {
                       Bounded(std::string(s.message()), kMaxStatusMessageBytes));
 }
 
-bool ConstantTimeEquals(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  const size_t n = std::max(a.size(), b.size());
-  for (size_t i = 0; i < n; ++i) {
-    const unsigned char x = i < a.size() ? a[i] : 0;
-    const unsigned char y = i < b.size() ? b[i] : 0;
-    diff |= x ^ y;
-  }
-  return diff == 0;
-}
-
 // Lets a statement read; refuses everything else (writes, ATTACH, PRAGMA, ...).
 int ReadOnlyAuthorizer(void*, int action, const char*, const char*, const char*, const char*) {
   switch (action) {
@@ -165,7 +155,15 @@ OrchestratorService::OrchestratorService(Store* store, Scheduler* scheduler, Clo
       clock_(clock),
       store_(store),
       scheduler_(scheduler),
-      monitor_(store, clock) {}
+      monitor_(store, clock) {
+  // A sweepd that just started is like a database that just recovered: while it was down no
+  // worker could heartbeat, so a lease that ran out meanwhile says nothing about its worker.
+  // Expiry waits one lease TTL for the live workers to get through and renew; the trials of a
+  // worker that died are requeued a TTL later. (Expiring at once took every running trial
+  // from its live worker after an outage longer than the TTL, and ran again the trials that
+  // had finished during it: found by tests/chaos.)
+  storage_recovered_at_.store(clock_->Now());
+}
 
 grpc::Status OrchestratorService::Authorize(grpc::ServerContext* context) const {
   if (options_.token.empty()) return grpc::Status::OK;
