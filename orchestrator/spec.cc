@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "worker/trainer/config.h"
+#include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
 namespace sweep::orchestrator {
@@ -344,23 +345,74 @@ struct TreeCheck {
   }
 };
 
+// Where each document starts. YAML::LoadAll cannot be used: on some text (a ',' at the top
+// level) yaml-cpp makes no progress and returns empty documents until memory runs out.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  std::vector<YAML::Mark> marks;
+};
+
+// The first character that is neither blank nor in a comment, for "cannot parse this" errors.
+std::string FirstToken(const std::string& text, const std::string& origin) {
+  int64_t line = 0, column = 0;
+  bool comment = false;
+  for (const char c : text) {
+    if (c == '\n') {
+      ++line;
+      column = 0;
+      comment = false;
+      continue;
+    }
+    if (!comment && c == '#') comment = true;
+    if (!comment && c != ' ' && c != '\t' && c != '\r') {
+      return absl::StrCat(At(origin, line, column), ": invalid YAML: unexpected '",
+                          Clip(std::string(1, c)), "'");
+    }
+    column += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  }
+  return absl::StrCat(origin, ": invalid YAML");
+}
+
+absl::Status YamlError(const std::string& origin, const YAML::Exception& e) {
+  return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":",
+                                                 e.mark.column + 1, ": invalid YAML: ", e.msg));
+}
+
 // YAML text to one checked document (see SpecLimits). Errors name `origin` and the position.
 absl::StatusOr<YAML::Node> LoadDocument(const std::string& text, const std::string& origin,
                                         const SpecLimits& limits) {
   if (absl::Status s = CheckEncoding(text, origin); !s.ok()) return s;
   if (absl::Status s = CheckStructure(text, origin, limits); !s.ok()) return s;
-  std::vector<YAML::Node> documents;
+  YAML::Node root;
   try {
-    documents = YAML::LoadAll(text);
+    // One document: a second one is refused (two parser steps at most, see DocumentStarts).
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentStarts starts;
+    if (parser.HandleNextDocument(starts) && parser.HandleNextDocument(starts)) {
+      if (starts.marks[1].pos <= starts.marks[0].pos) {  // No progress: not YAML.
+        return absl::InvalidArgumentError(FirstToken(text, origin));
+      }
+      return Error(At(origin, starts.marks[1].line, starts.marks[1].column), "spec",
+                   "a second YAML document starts here (a spec is one document)");
+    }
+    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":",
-                                                   e.mark.column + 1, ": invalid YAML: ", e.msg));
+    return YamlError(origin, e);
   }
-  if (documents.size() > 1) {
-    return Error(YamlWhere(origin, documents[1]), "spec",
-                 "a second YAML document starts here (a spec is one document)");
-  }
-  YAML::Node root = documents.empty() ? YAML::Node() : documents[0];
   TreeCheck check{origin, limits};
   if (absl::Status s = check.Walk(root, "", 1); !s.ok()) return s;
   return root;
