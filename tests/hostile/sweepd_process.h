@@ -32,8 +32,8 @@ class SweepdProcess {
 
   // Starts sweepd and waits until it serves (ASSERTs: call under ASSERT_NO_FATAL_FAILURE).
   void Start() {
-    std::vector<std::string> argv = {SWEEPD_BIN,    "--db",          db_path(),
-                                     "--listen",    "127.0.0.1:0",   "--port-file",
+    std::vector<std::string> argv = {SWEEPD_BIN,     "--db",         db_path(),
+                                     "--listen",     "127.0.0.1:0",  "--port-file",
                                      dir_ + "/port", "--token-file", dir_ + "/token"};
     argv.insert(argv.end(), flags_.begin(), flags_.end());
     process_ = std::make_unique<testing::Subprocess>(argv, "", log_path());
@@ -60,7 +60,9 @@ class SweepdProcess {
   bool Running() { return process_ != nullptr && !process_->Poll().has_value(); }
   std::string Log() const { return testing::ReadFileOrEmpty(log_path()); }
   std::string db_path() const { return dir_ + "/sweep.db"; }
-  std::string Scalar(const std::string& sql) const { return testing::QueryScalarAt(db_path(), sql); }
+  std::string Scalar(const std::string& sql) const {
+    return testing::QueryScalarAt(db_path(), sql);
+  }
 
   // Alive, answering an RPC, and the database passes SQLite's integrity check.
   void ExpectHealthy() {
