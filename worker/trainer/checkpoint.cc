@@ -20,19 +20,8 @@ namespace sweep::trainer {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr char kMagic[8] = {'S', 'W', 'P', 'C', 'K', 'P', 'T', '\0'};
 constexpr char kStateFile[] = "state.bin";
 constexpr char kTrainStateFile[] = "train_state.json";
-constexpr size_t kHeaderSize = 8 + 4 + 8 + 8;  // magic, version, payload size, checksum
-
-uint64_t Fnv1a(const char* data, size_t size) {
-  uint64_t hash = 1469598103934665603ull;
-  for (size_t i = 0; i < size; ++i) {
-    hash ^= static_cast<unsigned char>(data[i]);
-    hash *= 1099511628211ull;
-  }
-  return hash;
-}
 
 absl::Status ErrnoError(const std::string& what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
@@ -135,27 +124,12 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("cannot serialise checkpoint: ", e.what_without_backtrace()));
   }
-  std::string state(kHeaderSize, '\0');
-  const uint32_t version = kCheckpointFormatVersion;
-  const uint64_t size = payload.size();
-  const uint64_t checksum = Fnv1a(payload.data(), payload.size());
-  std::memcpy(&state[0], kMagic, 8);
-  std::memcpy(&state[8], &version, 4);
-  std::memcpy(&state[12], &size, 8);
-  std::memcpy(&state[20], &checksum, 8);
-  state += payload;
-
-  nlohmann::json train_state = {
-      {"format", "sweep-checkpoint"},
-      {"version", kCheckpointFormatVersion},
-      {"step", progress.step},
-      {"total_tokens", progress.total_tokens},
-      {"data_state", progress.data.json},
-      {"layout", Layout(model)},
-  };
+  const std::string state = EncodeStateHeader(payload) + payload;
+  const std::string train_state =
+      EncodeTrainState({progress.step, progress.total_tokens, progress.data.json, Layout(model)});
   const std::pair<const char*, std::string> files[] = {
       {kStateFile, state},
-      {kTrainStateFile, train_state.dump(2) + "\n"},
+      {kTrainStateFile, train_state},
       {"config.yaml", TrainConfigToYaml(config)},
       {kCheckpointCompleteMarker, absl::StrCat("step ", progress.step, "\n")},
   };
@@ -215,16 +189,10 @@ absl::Status LoadCheckpoint(const std::string& checkpoint_dir, Transformer& mode
   }
   absl::StatusOr<std::string> meta_text = ReadFile((dir / kTrainStateFile).string());
   if (!meta_text.ok()) return meta_text.status();
-  nlohmann::json meta = nlohmann::json::parse(*meta_text, nullptr, /*allow_exceptions=*/false);
-  if (meta.is_discarded() || !meta.is_object() || meta.value("format", "") != "sweep-checkpoint") {
-    return absl::DataLossError(absl::StrCat(checkpoint_dir, "/", kTrainStateFile, ": not a sweep checkpoint"));
-  }
-  if (meta.value("version", 0u) != kCheckpointFormatVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(checkpoint_dir, ": checkpoint format version ", meta.value("version", 0u),
-                     ", this build reads version ", kCheckpointFormatVersion));
-  }
-  if (meta["layout"] != Layout(model)) {
+  absl::StatusOr<TrainStateFile> meta =
+      ParseTrainState(*meta_text, absl::StrCat(checkpoint_dir, "/", kTrainStateFile), checkpoint_dir);
+  if (!meta.ok()) return meta.status();
+  if (meta->layout != Layout(model)) {
     return absl::FailedPreconditionError(absl::StrCat(
         checkpoint_dir, ": checkpoint was written for a different model (parameter names or "
                         "shapes differ); check model.* in the config"));
@@ -232,22 +200,12 @@ absl::Status LoadCheckpoint(const std::string& checkpoint_dir, Transformer& mode
 
   absl::StatusOr<std::string> state = ReadFile((dir / kStateFile).string());
   if (!state.ok()) return state.status();
-  if (state->size() < kHeaderSize || std::memcmp(state->data(), kMagic, 8) != 0) {
-    return absl::DataLossError(absl::StrCat(checkpoint_dir, "/", kStateFile, ": bad magic number"));
-  }
-  uint32_t version;
-  uint64_t size, checksum;
-  std::memcpy(&version, state->data() + 8, 4);
-  std::memcpy(&size, state->data() + 12, 8);
-  std::memcpy(&checksum, state->data() + 20, 8);
-  if (version != kCheckpointFormatVersion || size != state->size() - kHeaderSize ||
-      checksum != Fnv1a(state->data() + kHeaderSize, size)) {
-    return absl::DataLossError(
-        absl::StrCat(checkpoint_dir, "/", kStateFile, ": truncated or corrupted (size/checksum mismatch)"));
-  }
+  absl::StatusOr<std::string_view> payload =
+      CheckStateFile(*state, absl::StrCat(checkpoint_dir, "/", kStateFile));
+  if (!payload.ok()) return payload.status();
   try {
     torch::serialize::InputArchive archive;
-    archive.load_from(state->data() + kHeaderSize, size);
+    archive.load_from(payload->data(), payload->size());
     torch::Tensor params, exp_avg, exp_avg_sq, adam_step, rng;
     archive.read("params", params);
     archive.read("exp_avg", exp_avg);
@@ -265,9 +223,9 @@ absl::Status LoadCheckpoint(const std::string& checkpoint_dir, Transformer& mode
     return absl::DataLossError(
         absl::StrCat(checkpoint_dir, ": cannot read tensors: ", e.what_without_backtrace()));
   }
-  progress->step = meta.value("step", int64_t{0});
-  progress->total_tokens = meta.value("total_tokens", int64_t{0});
-  progress->data.json = meta.value("data_state", std::string());
+  progress->step = meta->step;
+  progress->total_tokens = meta->total_tokens;
+  progress->data.json = meta->data_state;
   return absl::OkStatus();
 }
 

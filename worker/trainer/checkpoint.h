@@ -4,6 +4,7 @@
 //   state.bin         magic "SWPCKPT\0", format version, payload size, FNV-1a checksum, then a
 //                     LibTorch archive of the flat parameter and Adam buffers and the RNG state
 //   train_state.json  step, tokens seen, data position, parameter layout, format version
+//                     (both files' LibTorch-free parts: checkpoint_format.h)
 //   config.yaml       the resolved configuration the run used
 //   COMPLETE          written last; a folder without it is ignored
 // A checkpoint is written into `.tmp-<step>` beside its final name, every file is fsync'ed,
@@ -19,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "worker/trainer/checkpoint_format.h"
 #include "worker/trainer/config.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/model.h"
@@ -27,7 +29,6 @@
 namespace sweep::trainer {
 
 inline constexpr char kCheckpointCompleteMarker[] = "COMPLETE";
-inline constexpr uint32_t kCheckpointFormatVersion = 1;
 
 // Everything besides tensors that a resumed run needs.
 struct TrainProgress {
