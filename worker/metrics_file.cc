@@ -60,7 +60,14 @@ std::optional<double> NumericValue(const nlohmann::json& v) {
   return std::nullopt;
 }
 
-void Flatten(const nlohmann::json& object, const std::string& prefix, int64_t step,
+// What sweepd accepts (orchestrator/service.cc): a row it would refuse would be re-sent for
+// ever, holding back every row after it, so such rows are dropped here.
+constexpr size_t kMaxNameBytes = 256;
+constexpr int64_t kMaxStep = int64_t{1} << 53;
+constexpr size_t kMaxCheckpointBytes = 1024;
+constexpr int kMaxDepth = 8;  // "grad_norm/layers/3/attention" is 4; deeper objects are skipped
+
+void Flatten(const nlohmann::json& object, const std::string& prefix, int64_t step, int depth,
              std::vector<MetricRow>* rows) {
   for (const auto& [key, value] : object.items()) {
     const std::string name = prefix.empty() ? key : prefix + "/" + key;
@@ -68,8 +75,9 @@ void Flatten(const nlohmann::json& object, const std::string& prefix, int64_t st
         (key == "global_step" || key == "step" || key == "acc_step" || key == "created_at")) {
       continue;
     }
+    if (key.empty() || name.size() > kMaxNameBytes) continue;
     if (value.is_object()) {
-      Flatten(value, name, step, rows);
+      if (depth < kMaxDepth) Flatten(value, name, step, depth + 1, rows);
     } else if (std::optional<double> v = NumericValue(value)) {
       rows->push_back({name, step, *v});
     }
@@ -86,18 +94,25 @@ std::optional<MetricsLine> ParseMetricsLine(std::string_view line) {
   for (const char* key : {"global_step", "step"}) {
     auto it = record.find(key);
     if (it != record.end() && it->is_number_integer()) {
+      // An unsigned number above INT64_MAX must not wrap to a negative step.
+      if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(kMaxStep)) {
+        return std::nullopt;
+      }
       out.step = it->get<int64_t>();
       break;
     }
   }
+  if (out.step < 0 || out.step > kMaxStep) return std::nullopt;  // Not a step sweepd takes.
   if (auto it = record.find("event"); it != record.end() && it->is_string()) {
     out.event = it->get<std::string>();
-    if (auto cp = record.find("checkpoint"); cp != record.end() && cp->is_string()) {
+    if (auto cp = record.find("checkpoint");
+        cp != record.end() && cp->is_string() &&
+        cp->get_ref<const std::string&>().size() <= kMaxCheckpointBytes) {
       out.checkpoint = cp->get<std::string>();
     }
     return out;
   }
-  Flatten(record, "", out.step, &out.rows);
+  Flatten(record, "", out.step, 0, &out.rows);
   return out;
 }
 

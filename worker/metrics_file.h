@@ -15,6 +15,10 @@
 //   * an event from sweep-train: {"event": "checkpoint", "global_step": 20, "checkpoint": DIR}.
 //     checkpoint, preempted and completed events name a complete checkpoint; diverged marks
 //     the step where training diverged.
+// What sweepd would refuse is dropped, since the worker would re-send it for ever: a line whose
+// step is outside [0, 2^53] is not a metrics line; a metric whose name is empty or longer than
+// 256 bytes is skipped, as are objects nested deeper than 8 levels and a checkpoint path longer
+// than 1,024 bytes.
 #ifndef SWEEP_WORKER_METRICS_FILE_H_
 #define SWEEP_WORKER_METRICS_FILE_H_
 
