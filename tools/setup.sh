@@ -4,7 +4,7 @@
 # Idempotent and non-interactive; run as root (or with sudo) on a fresh Debian 12 machine.
 #
 #   tools/setup.sh                 # packages, build (./build), corpus
-#   tools/setup.sh --tests         # the same, plus Chromium for the dashboard's browser test
+#   tools/setup.sh --tests         # the same, plus Chromium (dashboard test) and clang (fuzzing)
 #   tools/setup.sh --no-build      # packages and corpus only
 #   BUILD_DIR=out/b tools/setup.sh # another build folder
 #
@@ -57,8 +57,9 @@ packages=(
 # The dashboard's front end is built with npm (uPlot, esbuild; dashboard/package-lock.json).
 # Debian's nodejs and npm unless a Node.js with npm is already installed.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
-# The dashboard's browser test drives Debian's Chromium headless.
-((tests)) && packages+=(chromium)
+# The dashboard's browser test drives Debian's Chromium headless; the fuzz targets (fuzz/,
+# tools/fuzz.sh, ctest -L fuzz) need clang and its libFuzzer and sanitizer runtimes.
+((tests)) && packages+=(chromium clang libclang-rt-14-dev)
 
 missing=()
 for p in "${packages[@]}"; do
