@@ -156,19 +156,27 @@ absl::Status CheckStructure(const std::string& text, const std::string& origin,
   int flow = 0;                 // Open `[` and `{`.
   int aliases = 0;
   char quote = 0;  // Inside a quoted scalar: its quote character.
-  std::string quote_at;
+  int64_t quote_line = 0;
+  size_t quote_line_start = 0, quote_offset = 0;  // Where it opened, in bytes.
   int64_t block_scalar_parent = -1;  // Inside a `|` or `>` scalar: its parent's indentation.
   int64_t line_no = 0;
+  // "file:line:column" of byte `i` of the line that starts at byte `line_start`. Columns count
+  // characters (UTF-8 continuation bytes are skipped); computed only for an error, as a line
+  // can be a megabyte long.
+  auto position = [&](int64_t line, size_t line_start, size_t i) {
+    int64_t column = 0;
+    for (size_t k = 0; k < i; ++k) {
+      column += (static_cast<unsigned char>(text[line_start + k]) & 0xC0) != 0x80;
+    }
+    return At(origin, line, column);
+  };
   for (size_t start = 0; start <= text.size(); ++line_no) {
     size_t end = text.find('\n', start);
     if (end == std::string::npos) end = text.size();
     const std::string_view line(text.data() + start, end - start);
+    const size_t line_start = start;
     start = end + 1;
-    auto where = [&](size_t i) {  // Columns count characters: skip UTF-8 continuation bytes.
-      int64_t column = 0;
-      for (size_t k = 0; k < i; ++k) column += (static_cast<unsigned char>(line[k]) & 0xC0) != 0x80;
-      return At(origin, line_no, column);
-    };
+    auto where = [&](size_t i) { return position(line_no, line_start, i); };
     size_t indent = 0;
     while (indent < line.size() && line[indent] == ' ') ++indent;
     size_t first = indent;
@@ -229,7 +237,9 @@ absl::Status CheckStructure(const std::string& text, const std::string& origin,
       if (token_start) {
         if (c == '"' || c == '\'') {
           quote = c;
-          quote_at = where(i);
+          quote_line = line_no;
+          quote_line_start = line_start;
+          quote_offset = i;
           continue;
         }
         if (c == '[' || c == '{') {
@@ -291,7 +301,7 @@ absl::Status CheckStructure(const std::string& text, const std::string& origin,
     }
   }
   if (quote != 0) {
-    return Error(quote_at, "invalid YAML",
+    return Error(position(quote_line, quote_line_start, quote_offset), "invalid YAML",
                  absl::StrCat("the quoted string that starts here (", std::string(1, quote),
                               ") is never closed"));
   }
@@ -386,6 +396,20 @@ std::string FirstToken(const std::string& text, const std::string& origin) {
   return absl::StrCat(origin, ": invalid YAML");
 }
 
+// A line that starts with "---" or "..." (a document marker).
+bool HasDocumentMarker(const std::string& text) {
+  for (size_t start = 0; start < text.size();) {
+    if (text.compare(start, 3, "---") == 0 || text.compare(start, 3, "...") == 0) {
+      const char next = start + 3 < text.size() ? text[start + 3] : '\n';
+      if (next == '\n' || next == ' ' || next == '\t' || next == '\r') return true;
+    }
+    const size_t newline = text.find('\n', start);
+    if (newline == std::string::npos) break;
+    start = newline + 1;
+  }
+  return false;
+}
+
 absl::Status YamlError(const std::string& origin, const YAML::Exception& e) {
   return absl::InvalidArgumentError(absl::StrCat(origin, ":", e.mark.line + 1, ":",
                                                  e.mark.column + 1, ": invalid YAML: ", e.msg));
@@ -398,18 +422,21 @@ absl::StatusOr<YAML::Node> LoadDocument(const std::string& text, const std::stri
   if (absl::Status s = CheckStructure(text, origin, limits); !s.ok()) return s;
   YAML::Node root;
   try {
-    // One document: a second one is refused (two parser steps at most, see DocumentStarts).
-    std::istringstream in(text);
-    YAML::Parser parser(in);
-    DocumentStarts starts;
-    if (parser.HandleNextDocument(starts) && parser.HandleNextDocument(starts)) {
-      if (starts.marks[1].pos <= starts.marks[0].pos) {  // No progress: not YAML.
-        return absl::InvalidArgumentError(FirstToken(text, origin));
+    root = YAML::Load(text);  // The first document.
+    // One document: a second one is refused. A block map runs to the end of the text unless a
+    // document marker ends it; anything else is parsed again as events, two documents at most.
+    if (!root.IsMap() || root.Style() != YAML::EmitterStyle::Block || HasDocumentMarker(text)) {
+      std::istringstream in(text);
+      YAML::Parser parser(in);
+      DocumentStarts starts;
+      if (parser.HandleNextDocument(starts) && parser.HandleNextDocument(starts)) {
+        if (starts.marks[1].pos <= starts.marks[0].pos) {  // No progress: not YAML.
+          return absl::InvalidArgumentError(FirstToken(text, origin));
+        }
+        return Error(At(origin, starts.marks[1].line, starts.marks[1].column), "spec",
+                     "a second YAML document starts here (a spec is one document)");
       }
-      return Error(At(origin, starts.marks[1].line, starts.marks[1].column), "spec",
-                   "a second YAML document starts here (a spec is one document)");
     }
-    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     return YamlError(origin, e);
   }
@@ -848,24 +875,55 @@ absl::StatusOr<std::string> Sample(const ParameterSpec& p, Rng& rng) {
   return ShortestDouble(v);
 }
 
-// Sets parameter `p` to `value`, read as YAML, in a YAML map (for command trainers'
-// Lingua-layout configs): "{fortunes: 1.0}" becomes a map. The value is checked as a spec is.
-absl::Status SetDotted(YAML::Node root, const ParameterSpec& p, const std::string& value,
-                       const SpecLimits& limits) {
+// A command trainer's parameter value read as YAML ("{fortunes: 1.0}" is a map), checked as
+// a spec is.
+absl::StatusOr<YAML::Node> ParseValue(const ParameterSpec& p, const std::string& value,
+                                      const SpecLimits& limits) {
   absl::StatusOr<YAML::Node> parsed = LoadDocument(value, "value", limits);
   if (!parsed.ok()) {
     return Error(
         p.where, "parameters." + p.key,
         absl::StrCat("value '", Clip(value), "' is not usable YAML: ", parsed.status().message()));
   }
-  std::vector<std::string> parts = absl::StrSplit(p.key, '.');
+  return parsed;
+}
+
+// Sets a dotted key in a YAML map (for command trainers' Lingua-layout configs).
+void SetDotted(YAML::Node root, const std::string& key, const YAML::Node& value) {
+  std::vector<std::string> parts = absl::StrSplit(key, '.');
   YAML::Node node = root;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     if (!node[parts[i]] || !node[parts[i]].IsMap()) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
     node.reset(node[parts[i]]);
   }
-  node[parts.back()] = *parsed;
-  return absl::OkStatus();
+  node[parts.back()] = value;
+}
+
+// At most how many distinct values a random search can draw for `p` (INT64_MAX: unbounded).
+int64_t DistinctValues(const ParameterSpec& p) {
+  if (!p.is_range) return static_cast<int64_t>(p.values.size());
+  if (p.min == p.max) return 1;
+  auto it = TrainerKeyTypes().find(p.key);
+  const bool integer = it != TrainerKeyTypes().end() && it->second == "an integer";
+  double count = INFINITY;
+  if (p.distribution == Distribution::kIntUniform) {
+    count = std::floor(p.max) - std::ceil(p.min) + 1;
+  } else if (p.distribution == Distribution::kQUniform) {
+    count = (p.max - p.min) / p.q + 2;  // Multiples of q within [min - q/2, max + q/2).
+  }
+  if (integer) count = std::min(count, p.max - p.min + 2);  // Draws are rounded.
+  return count < 9e18 ? std::max<int64_t>(1, static_cast<int64_t>(count)) : INT64_MAX;
+}
+
+// The size of a random search's space, saturating at INT64_MAX.
+int64_t DistinctConfigurations(const SweepSpec& spec) {
+  int64_t size = 1;
+  for (const ParameterSpec& p : spec.parameters) {
+    const int64_t n = DistinctValues(p);
+    if (n > 0 && size > INT64_MAX / n) return INT64_MAX;
+    size *= n;
+  }
+  return size;
 }
 
 }  // namespace
@@ -1024,6 +1082,10 @@ static absl::StatusOr<SweepSpec> ParseUnclipped(const std::string& text, const s
     return Error(YamlWhere(origin, params), "parameters",
                  "expected a map of dotted keys, e.g. {optim.lr: {values: [1e-3, 3e-3]}}");
   }
+  if (static_cast<int64_t>(params.size()) > limits.max_parameters) {
+    return Error(YamlWhere(origin, params), "parameters",
+                 absl::StrCat(params.size(), " parameters; the limit is ", limits.max_parameters));
+  }
   for (const auto& entry : params) {
     ParameterSpec p;
     if (absl::Status s =
@@ -1043,6 +1105,16 @@ static absl::StatusOr<SweepSpec> ParseUnclipped(const std::string& text, const s
                               GridSize(spec) == INT64_MAX ? std::string("too many")
                                                           : absl::StrCat(GridSize(spec)),
                               " points; the limit is ", limits.max_trials));
+  }
+  // Each trial stores its own config, `base` with its parameters: a large base times many
+  // trials would fill the database (and take long to expand).
+  const int64_t trial_count = spec.method == SearchMethod::kGrid ? GridSize(spec) : spec.run_cap;
+  if (static_cast<double>(spec.base_yaml.size()) * static_cast<double>(trial_count) >
+      static_cast<double>(limits.max_config_bytes)) {
+    return Error(YamlWhere(origin, base), "base",
+                 absl::StrCat(trial_count, " trials of this ", spec.base_yaml.size(),
+                              "-byte base would store more than ", limits.max_config_bytes >> 20,
+                              " MiB of configs (the limit)"));
   }
 
   if (const YAML::Node et = root["early_terminate"]) {
@@ -1127,7 +1199,9 @@ absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
     Rng rng(spec.seed);
     std::set<std::vector<std::string>> seen;
     const int64_t max_draws = spec.run_cap * 100;
-    for (int64_t draw = 0; draw < max_draws && static_cast<int64_t>(choices.size()) < spec.run_cap;
+    // A space smaller than run_cap is exhausted long before max_draws: stop there.
+    const int64_t wanted = std::min(spec.run_cap, DistinctConfigurations(spec));
+    for (int64_t draw = 0; draw < max_draws && static_cast<int64_t>(choices.size()) < wanted;
          ++draw) {
       std::vector<std::string> values;
       for (const ParameterSpec& p : spec.parameters) {
@@ -1152,6 +1226,8 @@ absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
     if (!root.ok()) return ClipMessage(root.status());
     base = *root;
   }
+  // A command trainer's values, each parsed (and checked) once, not once per trial.
+  std::map<std::pair<size_t, std::string>, YAML::Node> parsed_values;
   std::vector<TrialSpec> trials;
   trials.reserve(choices.size());
   for (const std::vector<std::string>& values : choices) {
@@ -1177,9 +1253,13 @@ absl::StatusOr<std::vector<TrialSpec>> ExpandSweep(const SweepSpec& spec,
     } else {
       YAML::Node config = base ? YAML::Clone(base) : YAML::Node(YAML::NodeType::Map);
       for (size_t i = 0; i < values.size(); ++i) {
-        if (absl::Status s = SetDotted(config, spec.parameters[i], values[i], limits); !s.ok()) {
-          return ClipMessage(s);
+        auto [it, inserted] = parsed_values.try_emplace({i, values[i]});
+        if (inserted) {
+          absl::StatusOr<YAML::Node> value = ParseValue(spec.parameters[i], values[i], limits);
+          if (!value.ok()) return ClipMessage(value.status());
+          it->second = *value;
         }
+        SetDotted(config, spec.parameters[i].key, YAML::Clone(it->second));
       }
       YAML::Emitter out;
       out << config;

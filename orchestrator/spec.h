@@ -96,6 +96,9 @@ struct SpecLimits {
   int max_depth = 64;          // Nesting of maps and lists (an alias cycle exceeds it).
   int max_aliases = 100;       // `*name` references in the text.
   int64_t max_nodes = 200000;  // Nodes of the document with every alias expanded.
+  // `base` times the number of trials: each trial stores its own config.
+  size_t max_config_bytes = 32 << 20;
+  int64_t max_parameters = 256;  // Keys under `parameters`.
 };
 
 // One configuration of the sweep.

@@ -120,6 +120,22 @@ std::vector<CorpusSpec> Generated() {
     text += std::string(900000, 'q');
     out.push_back({"generated_900k_unclosed_quote.yaml", text, "is never closed", "9:14"});
   }
+  {  // 150,000 quoted strings on one line: the checks before yaml-cpp must stay linear.
+    std::string text = std::string(kValid) + "description: [";
+    for (int i = 0; i < 150000; ++i) text += "'a',";
+    text += "'a']\n";
+    out.push_back({"generated_150k_quotes_on_a_line.yaml", text,
+                   "description: expected a string, got a list", "9:14"});
+  }
+  {  // A 100 KB base for 1,000 trials: 100 MB of configs to store.
+    std::string text =
+        "name: big\nmethod: grid\ntrainer: {command: [python3, train.py]}\nbase:\n  notes: " +
+        std::string(100000, 'n') + "\nparameters:\n  seed: {values: [";
+    for (int i = 0; i < 1000; ++i) text += std::to_string(i) + (i < 999 ? ", " : "]}\n");
+    out.push_back({"generated_100kb_base_x_1000_trials.yaml", text,
+                   "base: 1000 trials of this 100007-byte base would store more than 32 MiB",
+                   "5:3"});
+  }
   {  // Deep block nesting by indentation, within the size limit (~1,400 levels).
     std::string text = std::string(kValid) + "description:\n";
     for (int i = 1; text.size() < (1u << 20) - 4000; ++i) text += std::string(i, ' ') + "k:\n";
@@ -222,6 +238,34 @@ TEST(HostileSpecTest, TrickyButValidSpecsAreAccepted) {
     SCOPED_TRACE(text);
     absl::StatusOr<orchestrator::SweepSpec> spec = ParseSweepSpec(text, "valid.yaml");
     EXPECT_TRUE(spec.ok()) << spec.status().message();
+  }
+}
+
+// Valid specs that used to take long: a random search whose space is smaller than its run_cap
+// drew 100 x run_cap times (17 s for 100 constant parameters and run_cap 10,000), and a
+// command trainer's values were parsed again for every trial.
+TEST(HostileSpecTest, ValidSpecsThatAskMuchAreStillQuick) {
+  std::string constant =
+      "name: constant\nmethod: random\nrun_cap: 10000\n"
+      "trainer: {command: [python3, train.py]}\nparameters:\n";
+  for (int i = 0; i < 256; ++i)
+    constant += "  p" + std::to_string(i) + ": {value: '{a: [1, 2]}'}\n";
+  std::string grid =
+      "name: grid\nmethod: grid\ntrainer: {command: [python3, train.py]}\nparameters:\n";
+  for (int i = 0; i < 4; ++i)
+    grid +=
+        "  p" + std::to_string(i) + ": {values: ['{a: 1}', '[1, 2]', 3, x, y, z, w, v, u, t]}\n";
+  for (const auto& [text, trials] : {std::pair<std::string, size_t>{constant, 1}, {grid, 10000}}) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<orchestrator::SweepSpec> spec = ParseSweepSpec(text, "quick.yaml");
+    ASSERT_TRUE(spec.ok()) << spec.status().message();
+    absl::StatusOr<std::vector<orchestrator::TrialSpec>> expanded = ExpandSweep(*spec);
+    ASSERT_TRUE(expanded.ok()) << expanded.status().message();
+    EXPECT_EQ(expanded->size(), trials);
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    EXPECT_LT(took, std::chrono::seconds(4)) << spec->name;
+    std::printf("%s: %zu trials parsed and expanded twice in %.2f s\n", spec->name.c_str(),
+                expanded->size(), took.count());
   }
 }
 
