@@ -32,7 +32,8 @@ int HyperbandBrackets(int64_t min_steps, double eta, int64_t limit) {
   if (min_steps <= 0 || !(eta > 1) || limit <= min_steps) return 1;
   const double levels =
       std::log(static_cast<double>(limit) / static_cast<double>(min_steps)) / std::log(eta);
-  return 1 + std::min(63, static_cast<int>(std::floor(levels + 1e-9)));
+  // Clamp before the cast: an eta just above 1 makes `levels` larger than an int holds.
+  return 1 + static_cast<int>(std::min(63.0, std::floor(levels + 1e-9)));
 }
 
 RungDecision DecideRung(const RungEntry& candidate, const std::vector<RungEntry>& others,
