@@ -40,7 +40,9 @@ class OrchestratorService final : public sweep::v1::Orchestrator::Service {
  public:
   OrchestratorService(Store* store, Scheduler* scheduler, Clock* clock, ServiceOptions options);
 
-  // Expires leases; sweepd calls it every second from a background thread.
+  // Expires leases; sweepd calls it every second from a background thread. Does nothing while
+  // the database cannot be written, nor for one lease TTL after it recovers or after this
+  // service starts: heartbeats could not renew leases meanwhile.
   void ExpireLeases();
 
   grpc::Status SubmitSweep(grpc::ServerContext* context, const v1::SubmitSweepRequest* request,

@@ -116,8 +116,9 @@ int Main(int argc, char** argv) {
   options.token = token;
   options.spec_limits.max_trials = max_trials;
   OrchestratorService service(store->get(), &scheduler, &clock, options);
-  // Recover: leases that ran out while sweepd was down requeue now; live ones continue.
-  service.ExpireLeases();
+  // Leases that ran out while sweepd was down are held for one lease TTL from now, for their
+  // workers to heartbeat again (OrchestratorService::ExpireLeases); then the expiry below
+  // requeues those whose workers did not.
 
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (tls_cert.empty() != tls_key.empty()) {
