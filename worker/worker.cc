@@ -143,17 +143,19 @@ class Worker {
   explicit Worker(const WorkerOptions& options) : options_(options) {
     options_.workdir = fs::absolute(options_.workdir).string();
     grpc::ChannelArguments args;
-    // Reconnect quickly after sweepd restarts (gRPC's default backoff grows to minutes).
+    // Reconnect quickly after sweepd restarts (gRPC's default backoff grows to minutes). Not
+    // GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC takes it as the connect timeout (grpc/grpc#12830),
+    // and at 200 ms a loaded machine's connects to a freshly restarted sweepd were cut off
+    // ("tcp handshaker shutdown") for seconds, long enough for leases to run out: tests/chaos.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
     args.SetMaxReceiveMessageSize(64 << 20);
-    stub_ = v1::Orchestrator::NewStub(
-        grpc::CreateCustomChannel(options_.orchestrator, Credentials(), args));
+    channel_ = grpc::CreateCustomChannel(options_.orchestrator, Credentials(), args);
+    stub_ = v1::Orchestrator::NewStub(channel_);
   }
 
   int Run(const std::atomic<bool>& stop, const std::atomic<bool>& hard_stop) {
-    while (!stop.load() && !Register()) std::this_thread::sleep_for(std::chrono::seconds(1));
+    while (!stop.load() && !Register()) Pause(std::chrono::seconds(1));
     Steady::time_point last_flush = Steady::now(), last_heartbeat = Steady::now();
     Steady::time_point last_lease = Steady::now() - std::chrono::hours(1);
     bool shutting_down = false;
@@ -210,7 +212,7 @@ class Worker {
           last_lease = Steady::now();
         }
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      Pause(std::chrono::milliseconds(20));
     }
   }
 
@@ -229,7 +231,22 @@ class Worker {
     return ctx;
   }
 
-  // While sweepd is unreachable, calls back off (0.25 s doubling to 5 s) instead of spinning.
+  // Waits `wait`. While the channel to sweepd is not connected it waits on the channel: gRPC
+  // completes a reconnection only while something polls the channel, else its backup poller
+  // notices up to 5 s later (calls fail at once meanwhile), and a lease may be shorter than
+  // that: after a 0.5 s sweepd outage the workers were back only after 5 s (tests/chaos).
+  void Pause(std::chrono::milliseconds wait) {
+    const auto until = std::chrono::system_clock::now() + wait;
+    if (channel_->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY) {
+      channel_->WaitForConnected(until);
+    }
+    std::this_thread::sleep_until(until);
+  }
+
+  // While sweepd is unreachable, calls back off (0.25 s doubling to 5 s) instead of spinning,
+  // but never longer than the heartbeat interval: a restarted sweepd holds the leases for one
+  // lease TTL, which the heartbeat interval is chosen well within (and a 5 s wait outlived the
+  // 3 s leases of tests/chaos).
   bool Reachable() const { return Steady::now() >= retry_at_; }
   void Failed(const grpc::Status& s, const char* what) {
     if (!Unreachable(s)) {
@@ -237,7 +254,7 @@ class Worker {
       return;
     }
     if (backoff_ == 0) spdlog::warn("sweepd unreachable ({}: {}); training goes on", what, s.error_message());
-    backoff_ = std::min(std::max(backoff_ * 2, 0.25), 5.0);
+    backoff_ = std::min({std::max(backoff_ * 2, 0.25), 5.0, options_.heartbeat_seconds});
     retry_at_ = Steady::now() + std::chrono::milliseconds(static_cast<int64_t>(backoff_ * 1000));
   }
   void Succeeded() {
@@ -334,7 +351,7 @@ class Worker {
 
   void Lease(int wait_ms) {
     if (!Reachable()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(wait_ms, 200)));
+      Pause(std::chrono::milliseconds(std::min(wait_ms, 200)));
       return;
     }
     const int free_gpus = static_cast<int>(FreeGpus().size());
@@ -833,6 +850,7 @@ class Worker {
   }
 
   WorkerOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Orchestrator::Stub> stub_;
   int64_t worker_id_ = 0;
   std::vector<std::unique_ptr<Trial>> trials_;
