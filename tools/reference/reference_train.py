@@ -7,6 +7,7 @@ same batches.
 
     reference_train.py --config CONFIG.yaml --batches FILE --steps N [--threads T] [--out FILE|-]
     reference_train.py --config CONFIG.yaml --random-batches --steps N ...
+    reference_train.py ... --device cuda [--log-freq 10]     # the GPU baseline (gpu_check.sh)
 
 --batches: raw little-endian int64, a sequence of micro-batches of shape
 (batch_size, seq_len + 1), in the order sweep-train consumed them (sweep-train --dump-batches);
@@ -17,10 +18,17 @@ Output: one JSON object per optimizer step (Lingua's metric names): global_step,
 optim/grad_norm (pre-clip total), optim/lr (the lr that step used), grad_norm/<group>,
 speed/wps. Logs go to stderr.
 
+--device cuda runs the same model as a careful PyTorch eager user would on a GPU (the baseline
+tools/gpu_check.sh holds sweep-train against): bf16 autocast around the forward pass (norms and
+the loss in float32), F.scaled_dot_product_attention, torch.optim.AdamW(fused=True), and host
+syncs only every --log-freq steps (records then cover those steps: speed/wps over the window,
+loss/out of the last step). On CPU (the default) every step is recorded as before.
+
 Standard library + torch + yaml + numpy only; run with /usr/bin/python3 (Debian python3-torch).
 """
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -212,6 +220,9 @@ class Attention(nn.Module):
         xv = repeat_kv(xv, n_rep)
 
         q, k, v = (t.transpose(1, 2) for t in (xq, xk, xv))  # (B, H, S, D)
+        if x.is_cuda:  # fused attention (flash / memory-efficient kernels)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.wo(out.transpose(1, 2).reshape(bsz, seq_len, self.n_heads * self.head_dim))
         scale = 1.0 / math.sqrt(self.head_dim)
         scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, S, S)
         scores = scores.masked_fill(mask, float("-inf"))  # causal
@@ -296,6 +307,8 @@ class LMTransformer(nn.Module):
         seq_len = tokens.shape[1]
         cos, sin = rope_cos_sin(self.head_dim, seq_len, self.rope_theta)
         mask = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)  # (S, S): True where j > i
+        if tokens.is_cuda:
+            cos, sin, mask = (t.to(tokens.device) for t in (cos, sin, mask))
         h = self.tok_embeddings(tokens)  # (B, S, dim)
         for layer in self.layers:
             h = layer(h, cos, sin, mask)
@@ -428,23 +441,28 @@ def random_batches(batch_size, seq_len, count, vocab_size, seed):
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg, batches, n_steps, emit):
+def train(cfg, batches, n_steps, emit, device="cpu", log_freq=1):
     m, o = cfg["model"], cfg["optim"]
     grad_acc = cfg["grad_acc_steps"]
+    cuda = device == "cuda"
 
     model = LMTransformer(m)
     torch.manual_seed(m["seed"])
     model.init_weights()
+    model.to(device)
 
     params = list(model.parameters())
     base_lr, wd = o["lr"], o["weight_decay"]
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(o["beta1"], o["beta2"]),
-                                  eps=o["epsilon"], weight_decay=wd)
+                                  eps=o["epsilon"], weight_decay=wd,
+                                  **({"fused": True} if cuda else {}))
     group = optimizer.param_groups[0]
 
     micro = 0
+    window_start, window_tokens = time.perf_counter(), 0
     for step in range(1, n_steps + 1):
         start = time.perf_counter()
+        log_now = not cuda or step % log_freq == 0 or step == n_steps
         lr = base_lr * lr_factor(step - 1, cfg)  # LambdaLR: step k uses f(k - 1)
         group["lr"] = lr
         if o["independent_wd"]:
@@ -452,18 +470,20 @@ def train(cfg, batches, n_steps, emit):
 
         losses = []
         for _ in range(grad_acc):
-            window = batches[micro]  # (B, S + 1)
+            window = batches[micro].to(device, non_blocking=True)  # (B, S + 1)
             micro += 1
             tokens, target = window[:, :-1], window[:, 1:]
-            logits = model(tokens)  # (B, S, V)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+                logits = model(tokens)  # (B, S, V)
             ce = cross_entropy(logits, target)
             loss = ce
             if o["z_loss"] > 0:
                 loss = ce + o["z_loss"] * (torch.logsumexp(logits.float(), -1) ** 2).mean()
             (loss / grad_acc).backward()
-            losses.append(ce.item())
+            losses.append(ce.detach())
+        window_tokens += tokens.numel() * grad_acc
 
-        groups = group_grad_norms(model)
+        groups = group_grad_norms(model) if log_now else {}
         if o["clip"] > 0:
             grad_norm = nn.utils.clip_grad_norm_(params, o["clip"])
         else:
@@ -472,16 +492,24 @@ def train(cfg, batches, n_steps, emit):
                 2.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - start
+        if not log_now:
+            continue
+        if cuda:
+            torch.cuda.synchronize()
+            now = time.perf_counter()
+            wps = window_tokens / (now - window_start)
+            window_start, window_tokens = now, 0
+        else:
+            wps = tokens.numel() * grad_acc / (time.perf_counter() - start)
 
         record = {
             "global_step": step,
-            "loss/out": sum(losses) / len(losses),
+            "loss/out": sum(x.item() for x in losses) / len(losses),
             "optim/grad_norm": grad_norm.item(),
             "optim/lr": lr,
         }
         record.update({f"grad_norm/{g}": v for g, v in groups.items()})
-        record["speed/wps"] = tokens.numel() * grad_acc / elapsed
+        record["speed/wps"] = wps
         emit(record)
 
 
@@ -496,6 +524,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (default: the config's `threads`, if set)")
     parser.add_argument("--out", default="-", help="metrics JSON lines file, or - for stdout")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: bf16 autocast, fused attention and AdamW (the GPU baseline)")
+    parser.add_argument("--log-freq", type=int, default=10,
+                        help="on cuda, sync and record every N steps (CPU records every step)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
 
@@ -520,7 +552,7 @@ def main(argv=None):
         out.flush()
 
     try:
-        train(cfg, batches, args.steps, emit)
+        train(cfg, batches, args.steps, emit, device=args.device, log_freq=args.log_freq)
     finally:
         if out is not sys.stdout:
             out.close()

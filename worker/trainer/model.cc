@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "worker/trainer/fused_ops.h"
+#include "worker/trainer/torch_compat.h"
 
 namespace sweep::trainer {
 
@@ -214,6 +215,17 @@ torch::Tensor Transformer::Attention(const Layer& layer, const torch::Tensor& x,
   k = k.transpose(1, 2);
   v = v.transpose(1, 2);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+#if SWEEP_TORCH_AT_LEAST(2, 0)
+  // On CUDA, LibTorch 2.x's fused attention (flash / memory-efficient kernels under bf16
+  // autocast): the (S, S) scores are never materialised. Probe steps need the largest logit,
+  // so they take the explicit path below.
+  if (q.is_cuda() && logit_max == nullptr) {
+    torch::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{},
+                                                         /*dropout_p=*/0.0, /*is_causal=*/true);
+    out = out.transpose(1, 2).reshape({bsz, seq_len, q_width});
+    return torch::matmul(out, layer.wo.t());
+  }
+#endif
   // scores = q·kᵀ·scale + mask, one fused call.  (B, H, S, S)
   torch::Tensor scores =
       torch::baddbmm(CausalMask(seq_len), q.reshape({bsz * n_heads, seq_len, head_dim_}),

@@ -4,7 +4,8 @@
 //   m   <- β1·m + (1 − β1)·g
 //   v   <- β2·v + (1 − β2)·g²
 //   p   <- p − lr/(1 − β1^t) · m / (√v / √(1 − β2^t) + ε)
-// Because the parameters are one contiguous buffer, each line is one tensor operation.
+// Because the parameters are one contiguous buffer, each line is one tensor operation; on CUDA
+// with LibTorch 2.x the whole update is one fused kernel (at::_fused_adamw_).
 #ifndef SWEEP_WORKER_TRAINER_OPTIMIZER_H_
 #define SWEEP_WORKER_TRAINER_OPTIMIZER_H_
 
@@ -37,7 +38,8 @@ class AdamW {
   torch::Tensor grads_;
   torch::Tensor exp_avg_;
   torch::Tensor exp_avg_sq_;
-  torch::Tensor denom_;  // Scratch, reused every step.
+  torch::Tensor denom_;       // Scratch, reused every step.
+  torch::Tensor state_step_;  // CUDA's fused kernel: the step count as a device scalar.
   int64_t step_ = 0;
 };
 
