@@ -630,6 +630,19 @@ std::string FamilyLabel(const GroupResult& g, const std::string& drop) {
   return parts.empty() ? "all" : absl::StrJoin(parts, ", ");
 }
 
+void CriticalBatchRows(SweepAnalysis* a) {
+  for (const GroupResult& g : a->groups) {
+    if (!g.noise_scale) continue;
+    a->critical_batch.rows.push_back(
+        {g.label, g.shape ? g.shape->TokensPerStep() : 0.0, *g.noise_scale, g.noise_scale_trials});
+  }
+  if (a->critical_batch.rows.empty()) {
+    a->critical_batch.status = absl::FailedPreconditionError(
+        "no completed trial logged optim/noise_scale (it needs data-parallel trials: "
+        "resources.ranks_per_trial or gpus_per_trial >= 2)");
+  }
+}
+
 void BatchFit(const AnalysisOptions& options, const std::vector<std::string>& group_keys,
               SweepAnalysis* a) {
   BatchSizeFit& b = a->batch;
@@ -873,6 +886,17 @@ absl::StatusOr<SweepAnalysis> Analyze(const std::vector<TrialResult>& trials,
         if (g.shape->steps > 0) g.tau_fraction = *g.tau_steps / static_cast<double>(g.shape->steps);
       }
     }
+    std::vector<double> noise_scales;
+    for (const Prepared* p : members) {
+      if (p->trial->outcome == TrialOutcome::kCompleted && p->trial->noise_scale) {
+        noise_scales.push_back(*p->trial->noise_scale);
+      }
+    }
+    if (!noise_scales.empty()) {
+      std::sort(noise_scales.begin(), noise_scales.end());
+      g.noise_scale = SortedQuantile(noise_scales, 0.5);
+      g.noise_scale_trials = static_cast<int>(noise_scales.size());
+    }
     if (!g.optimum.note.empty()) g.notes.push_back(g.optimum.note);
     if (!g.max_stable.note.empty()) g.notes.push_back(g.max_stable.note);
     g.verdict = Verdict(g, options.bootstrap.confidence);
@@ -883,6 +907,7 @@ absl::StatusOr<SweepAnalysis> Analyze(const std::vector<TrialResult>& trials,
   ScalingFits(options, &a);
   Extrapolate(options, &a);
   BatchFit(options, group_keys, &a);
+  CriticalBatchRows(&a);
   WeightDecayFamilies(options, group_keys, &a);
   return a;
 }

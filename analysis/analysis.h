@@ -82,6 +82,10 @@ struct TrialResult {
   std::vector<TracePoint> grad_norm;   // optim/grad_norm in step order
   // From the spikes table when sweepd recorded them; nullopt: detect from grad_norm.
   std::optional<std::vector<SpikeRecord>> spikes;
+  // The gradient noise scale B_simple in tokens (optim/noise_scale, logged by data-parallel
+  // trials: worker/trainer/noise_scale.h), averaged over the last quarter of its logged
+  // steps; nullopt when the trial logged none or the average is not positive.
+  std::optional<double> noise_scale;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -209,6 +213,10 @@ struct GroupResult {
   std::optional<double> lr_wd;
   std::optional<double> tau_steps;
   std::optional<double> tau_fraction;
+  // Median B_simple (tokens) over the group's completed trials that logged it, beside the
+  // tokens one optimizer step takes (the critical batch size of McCandlish et al. 2018).
+  std::optional<double> noise_scale;
+  int noise_scale_trials = 0;
   std::vector<std::string> notes;
   std::string verdict;
 };
@@ -269,6 +277,20 @@ struct BatchSizeFit {
   double sqrt_rule = 0.5;
 };
 
+// The critical batch size: per group with a measured gradient noise scale, B_simple against
+// the batch the group trained with. Below B_simple a larger batch trains almost as many
+// times faster; above it the returns diminish (McCandlish et al. 2018, eq. 2.11).
+struct CriticalBatch {
+  absl::Status status;  // not OK: no trial logged optim/noise_scale (why)
+  struct Row {
+    std::string group;
+    double tokens_per_step = 0;
+    double noise_scale = 0;  // B_simple, tokens
+    int trials = 0;
+  };
+  std::vector<Row> rows;
+};
+
 // Groups that differ only in weight decay: the best (lr, wd) cell over all of them.
 struct WeightDecayFamily {
   std::string label;
@@ -294,6 +316,7 @@ struct SweepAnalysis {
   std::vector<ScalingFit> scaling;
   std::vector<Extrapolation> extrapolations;
   BatchSizeFit batch;
+  CriticalBatch critical_batch;
   std::vector<WeightDecayFamily> weight_decay_families;
   std::vector<std::string> notes;
 };
@@ -311,6 +334,10 @@ absl::StatusOr<SweepAnalysis> Analyze(const std::vector<TrialResult>& trials,
 // and options.use_spikes_table. NotFound for an unknown sweep.
 absl::StatusOr<std::vector<TrialResult>> LoadTrials(sqlite3* db, int64_t sweep_id,
                                                     const AnalysisOptions& options);
+
+// The mean of the finite values in the last quarter of `values` (at least one value);
+// nullopt when there is none or it is not positive. TrialResult::noise_scale.
+std::optional<double> LateMean(const std::vector<double>& values);
 
 // LoadTrials + Analyze, with the sweep's name, metric and goal.
 absl::StatusOr<SweepAnalysis> AnalyzeSweep(sqlite3* db, int64_t sweep_id,

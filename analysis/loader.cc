@@ -144,7 +144,10 @@ absl::StatusOr<std::vector<TrialResult>> LoadTrialsInSnapshot(sqlite3* db, int64
   Query grad_norm(db,
                   "SELECT step, value FROM metrics WHERE trial_id = ? AND name = 'optim/grad_norm' "
                   "ORDER BY step");
-  for (Query* q : {&first_loss, &grad_norm}) {
+  Query noise_scale(db,
+                    "SELECT value FROM metrics WHERE trial_id = ? AND name = 'optim/noise_scale' "
+                    "AND value IS NOT NULL ORDER BY step");
+  for (Query* q : {&first_loss, &grad_norm, &noise_scale}) {
     if (absl::Status s = q->status(); !s.ok()) return s;
   }
   std::unique_ptr<Query> spikes;
@@ -176,6 +179,13 @@ absl::StatusOr<std::vector<TrialResult>> LoadTrialsInSnapshot(sqlite3* db, int64
     }
     if (absl::Status s = grad_norm.Done(); !s.ok()) return s;
 
+    noise_scale.Reset();
+    noise_scale.Bind(1, t.trial_id);
+    std::vector<double> values;
+    while (noise_scale.Next()) values.push_back(noise_scale.Double(0));
+    if (absl::Status s = noise_scale.Done(); !s.ok()) return s;
+    t.noise_scale = LateMean(values);
+
     if (spikes) {
       spikes->Reset();
       spikes->Bind(1, t.trial_id);
@@ -192,6 +202,22 @@ absl::StatusOr<std::vector<TrialResult>> LoadTrialsInSnapshot(sqlite3* db, int64
 }
 
 }  // namespace
+
+std::optional<double> LateMean(const std::vector<double>& values) {
+  // B_simple grows as the loss falls; its value late in training is the one that matters
+  // for the next run's batch. The EMA behind it is noisy step to step: average a quarter.
+  const size_t first = values.size() - values.size() / 4 - (values.size() % 4 != 0);
+  double sum = 0;
+  int n = 0;
+  for (size_t i = first; i < values.size(); ++i) {
+    if (std::isfinite(values[i])) {
+      sum += values[i];
+      ++n;
+    }
+  }
+  if (n == 0 || sum <= 0) return std::nullopt;
+  return sum / n;
+}
 
 absl::StatusOr<std::vector<TrialResult>> LoadTrials(sqlite3* db, int64_t sweep_id,
                                                     const AnalysisOptions& options) {

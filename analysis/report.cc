@@ -153,6 +153,8 @@ json GroupJson(const GroupResult& g) {
       {"lr_wd", Num(g.lr_wd)},
       {"tau_steps", Num(g.tau_steps)},
       {"tau_fraction", Num(g.tau_fraction)},
+      {"noise_scale", Num(g.noise_scale)},
+      {"noise_scale_trials", g.noise_scale_trials},
       {"cells", cells},
       {"trials", trials},
       {"notes", g.notes},
@@ -358,6 +360,15 @@ json ToJson(const SweepAnalysis& a) {
     batch["exponent_se"] = Num(a.batch.exponent_se);
     batch["exponent_ci"] = Pair(a.batch.exponent_ci);
   }
+  json critical = {{"ok", a.critical_batch.status.ok()},
+                   {"status", std::string(a.critical_batch.status.message())},
+                   {"groups", json::array()}};
+  for (const CriticalBatch::Row& r : a.critical_batch.rows) {
+    critical["groups"].push_back({{"group", r.group},
+                                  {"tokens_per_step", Num(r.tokens_per_step)},
+                                  {"noise_scale", Num(r.noise_scale)},
+                                  {"trials", r.trials}});
+  }
   json wd = json::array();
   for (const WeightDecayFamily& f : a.weight_decay_families) {
     wd.push_back({{"family", f.label},
@@ -381,6 +392,7 @@ json ToJson(const SweepAnalysis& a) {
           {"scaling", scaling},
           {"extrapolations", extrapolations},
           {"batch_size", batch},
+          {"critical_batch", critical},
           {"weight_decay_families", wd},
           {"notes", a.notes}};
 }
@@ -564,6 +576,18 @@ std::string RenderText(const SweepAnalysis& a) {
                               a.batch.families));
   } else {
     absl::StrAppend(&out, "Batch size: no fit (", a.batch.status.message(), ")\n");
+  }
+  if (a.critical_batch.status.ok()) {
+    Table t({"group", "tokens/step", "B_noise (tokens)", "batch / B_noise", "trials"});
+    for (const CriticalBatch::Row& r : a.critical_batch.rows) {
+      t.Add({r.group, absl::StrFormat("%.0f", r.tokens_per_step), absl::StrFormat("%.3g", r.noise_scale),
+             r.tokens_per_step > 0 ? absl::StrFormat("%.2g", r.tokens_per_step / r.noise_scale) : "?",
+             absl::StrCat(r.trials)});
+    }
+    absl::StrAppend(&out,
+                    "Critical batch (gradient noise scale B_simple, late in training; below it a "
+                    "larger batch trains nearly proportionally faster, above it returns diminish)\n",
+                    t.Render());
   }
   if (!a.weight_decay_families.empty()) {
     Table t({"family", "best lr", "best wd", "lr·wd", "τ steps", "τ/run"});

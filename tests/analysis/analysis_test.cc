@@ -447,6 +447,61 @@ TEST(Analyze, BatchSizeExponentAndWeightDecayFamilies) {
   EXPECT_NE(RenderText(*a).find("Adam's square-root rule: 0.5"), std::string::npos);
 }
 
+TEST(Analyze, CriticalBatchFromTheNoiseScaleOfCompletedTrials) {
+  // Two batch sizes; the trials of batch 16 logged B_simple (seeds 3e4 and 5e4 tokens, a
+  // diverged one 1e9 that must not count), those of batch 32 none.
+  std::vector<TrialResult> trials;
+  int64_t id = 1;
+  for (int batch : {16, 32}) {
+    for (int k = 0; k < 5; ++k) {
+      const double x = -3.0 + 0.25 * k;
+      for (int seed = 0; seed < 2; ++seed) {
+        TrialResult t = Trial(id++, std::pow(10.0, x), 2.0 + 0.2 * (x + 2.5) * (x + 2.5), seed, 2);
+        t.params["data.batch_size"] = batch;
+        t.shape->batch_size = batch;
+        if (batch == 16) t.noise_scale = seed == 0 ? 3e4 : 5e4;
+        trials.push_back(t);
+      }
+    }
+  }
+  TrialResult diverged = Trial(id++, 1.0, 0, 0, 2);
+  diverged.params["data.batch_size"] = 16;
+  diverged.shape->batch_size = 16;
+  diverged.outcome = TrialOutcome::kDiverged;
+  diverged.noise_scale = 1e9;
+  trials.push_back(diverged);
+
+  absl::StatusOr<SweepAnalysis> a = Analyze(trials, AnalysisOptions{});
+  ASSERT_OK(a);
+  ASSERT_TRUE(a->critical_batch.status.ok()) << a->critical_batch.status.message();
+  ASSERT_EQ(a->critical_batch.rows.size(), 1u);
+  const CriticalBatch::Row& row = a->critical_batch.rows[0];
+  EXPECT_DOUBLE_EQ(row.noise_scale, 4e4);  // the median of 5 x 3e4 and 5 x 5e4
+  EXPECT_EQ(row.trials, 10);
+  EXPECT_DOUBLE_EQ(row.tokens_per_step, 16.0 * trials[0].shape->seq_len);
+  const std::string text = RenderText(*a);
+  EXPECT_NE(text.find("Critical batch"), std::string::npos) << text;
+  const nlohmann::json j = ToJson(*a);
+  EXPECT_EQ(j["critical_batch"]["groups"][0]["noise_scale"], 4e4);
+
+  // Without any estimate: a reason, no table.
+  for (TrialResult& t : trials) t.noise_scale.reset();
+  a = Analyze(trials, AnalysisOptions{});
+  ASSERT_OK(a);
+  EXPECT_FALSE(a->critical_batch.status.ok());
+  EXPECT_EQ(RenderText(*a).find("Critical batch"), std::string::npos);
+}
+
+TEST(LateMean, AveragesTheLastQuarterOfFiniteValues) {
+  EXPECT_FALSE(LateMean({}).has_value());
+  EXPECT_DOUBLE_EQ(*LateMean({5}), 5);
+  EXPECT_DOUBLE_EQ(*LateMean({1, 2, 3, 4, 5, 6, 7, 8}), 7.5);  // the last 2 of 8
+  EXPECT_DOUBLE_EQ(*LateMean({1, 2, 3, 4, 5, 6, 7, 8, 9}), 8);  // the last ceil(9/4) = 3
+  EXPECT_DOUBLE_EQ(*LateMean({100, -1, 9, 7, 8, 6, std::nan(""), 10}), 10);  // NaN skipped
+  EXPECT_FALSE(LateMean({1, 2, 3, std::nan("")}).has_value());  // nothing finite at the end
+  EXPECT_FALSE(LateMean({1, 2, 3, -4}).has_value());            // not positive: no estimate
+}
+
 TEST(Analyze, GroupByAndFoldedKeys) {
   std::vector<TrialResult> trials;
   int64_t id = 1;

@@ -127,6 +127,8 @@ class LoaderTest : public ::testing::Test {
           if (diverges && step == last) norm = std::nullopt;
           insert("optim/grad_norm", norm);
           insert("loss/out", 5.5 - 3.0 * step / 100.0);
+          // Depth 2 ran data-parallel: B_simple every 10 steps, growing.
+          if (depth == 2 && step % 10 == 0) insert("optim/noise_scale", 1000.0 * step);
         }
         ++id;
       }
@@ -181,6 +183,12 @@ TEST_F(LoaderTest, AnalyzesTheStoredSweepFromTheTraces) {
   EXPECT_DOUBLE_EQ(shallow.loss_init, 5.5 - 0.03);  // the first logged loss/out
   EXPECT_EQ(shallow.optimum.kind, LrOptimum::Kind::kVertex);
   EXPECT_NEAR(*shallow.optimum.lr, std::pow(10.0, -2.5), 1e-9);
+  // The last quarter (ceil(10 / 4) = 3 values: steps 80, 90, 100) of every trial.
+  EXPECT_EQ(shallow.noise_scale, 90000.0);
+  EXPECT_EQ(shallow.noise_scale_trials, 4);
+  EXPECT_FALSE(Group(*a, 4).noise_scale.has_value());
+  ASSERT_TRUE(a->critical_batch.status.ok());
+  EXPECT_EQ(a->critical_batch.rows[0].tokens_per_step, 16 * 64);
 
   const GroupResult& deep = Group(*a, 4);
   EXPECT_EQ(deep.max_stable.kind, MaxStableLr::Kind::kFound);
