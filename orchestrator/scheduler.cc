@@ -40,8 +40,8 @@ nlohmann::json AttemptErrors(const std::string& text) {
 // The sweep columns a lease needs, in the order ReadLeaseSweep reads them (alias `s`).
 constexpr char kLeaseSweepColumns[] =
     "s.id, s.name, s.trainer_command, s.gpus_per_trial, s.cpu_slots_per_trial, s.metric_name, "
-    "s.metric_goal";
-constexpr int kLeaseSweepColumnCount = 7;
+    "s.metric_goal, s.ranks_per_trial";
+constexpr int kLeaseSweepColumnCount = 8;
 // The trial columns a lease needs, in the order MakeLease reads them (alias `t`).
 constexpr char kLeaseTrialColumns[] =
     "t.id, t.attempt, t.trial_key, t.config, t.checkpoint, t.params";
@@ -53,7 +53,8 @@ struct LeaseSweep {
   std::string name;
   std::vector<std::string> command;
   int gpus = 0;
-  int cpu_slots = 0;
+  int cpu_slots = 0;  // Of the whole trial: every rank's.
+  int ranks = 1;
   std::string metric_name;
   bool minimize = true;
 };
@@ -64,8 +65,10 @@ LeaseSweep ReadLeaseSweep(Statement& st, int first) {
   sweep.name = st.Text(first + 1);
   sweep.command = nlohmann::json::parse(st.Text(first + 2)).get<std::vector<std::string>>();
   sweep.gpus = static_cast<int>(st.Int(first + 3));
-  // A trial takes GPUs, or else CPU slots (docs/schema.md).
-  sweep.cpu_slots = sweep.gpus > 0 ? 0 : static_cast<int>(st.Int(first + 4));
+  sweep.ranks = std::max(1, static_cast<int>(st.Int(first + 7)));
+  // A trial takes GPUs, or else CPU slots: cpu_slots_per_trial for each of its ranks
+  // (docs/schema.md). The spec keeps the product within an int.
+  sweep.cpu_slots = sweep.gpus > 0 ? 0 : static_cast<int>(st.Int(first + 4)) * sweep.ranks;
   sweep.metric_name = st.Text(first + 5);
   sweep.minimize = st.Text(first + 6) == "minimize";
   return sweep;
@@ -86,11 +89,46 @@ Lease MakeLease(const LeaseSweep& sweep, Statement& st, int first, double expire
   if (!st.IsNull(first + 4)) lease.checkpoint = st.Text(first + 4);
   lease.gpus = sweep.gpus;
   lease.cpu_slots = sweep.cpu_slots;
+  lease.ranks = sweep.ranks;
   lease.expires_at = expires_at;
   lease.metric_name = sweep.metric_name;
   lease.minimize = sweep.minimize;
   lease.params_json = st.Text(first + 5);
   return lease;
+}
+
+// The most trials of `gpus` GPUs each that free GPU shares hold (each trial takes one share of
+// `gpus` distinct GPUs), at most `cap`: k fit exactly when sum_i min(share_i, k) >= k * gpus,
+// and TakeGpuShares' most-free-first placement reaches that k.
+int GpuTrialsThatFit(const std::vector<int>& shares, int gpus, int cap) {
+  auto fits = [&](int64_t k) {
+    int64_t total = 0;
+    for (int share : shares) total += std::min<int64_t>(std::max(share, 0), k);
+    return total >= k * gpus;
+  };
+  int lo = 0, hi = std::max(cap, 0);
+  while (lo < hi) {
+    const int mid = lo + (hi - lo + 1) / 2;
+    if (fits(mid)) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// Takes one share from each of the `gpus` GPUs with the most free shares (the first listed on
+// ties): the rule sweep-worker places its leases by (worker/resources.h PickGpus), so the
+// trials sweepd hands out in one reply always fit. False, changing nothing, if they do not.
+bool TakeGpuShares(std::vector<int>* shares, int gpus) {
+  std::vector<size_t> order(shares->size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return (*shares)[a] > (*shares)[b]; });
+  if (gpus > static_cast<int>(order.size()) || (*shares)[order[gpus - 1]] <= 0) return false;
+  for (int i = 0; i < gpus; ++i) --(*shares)[order[i]];
+  return true;
 }
 
 // Runs `body` inside BEGIN IMMEDIATE ... COMMIT, rolling back when it fails.
@@ -193,6 +231,17 @@ absl::StatusOr<std::vector<Lease>> Scheduler::HeldTrials(int64_t worker_id) {
 
 absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int free_gpus,
                                                           int free_cpu_slots, int max_trials) {
+  FreeResources free;
+  free.gpu_shares.assign(std::max(free_gpus, 0), 1);
+  free.cpu_slots = free_cpu_slots;
+  return LeaseTrials(worker_id, free, max_trials);
+}
+
+absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id,
+                                                          const FreeResources& free,
+                                                          int max_trials) {
+  std::vector<int> gpu_shares = free.gpu_shares;
+  int free_cpu_slots = free.cpu_slots;
   std::vector<Lease> leases;
   absl::Status s = InTransaction(store_->statements(), [&]() -> absl::Status {
     const double now = clock_->Now();
@@ -230,7 +279,7 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
       const int parallel = static_cast<int>(sweeps.Int(kLeaseSweepColumnCount));
       // How many of this sweep's trials fit: resources, parallel and the caller's max.
       int room = max_trials - static_cast<int>(leases.size());
-      if (gpus > 0) room = std::min(room, free_gpus / gpus);
+      if (gpus > 0) room = GpuTrialsThatFit(gpu_shares, gpus, room);
       if (cpu_slots > 0) room = std::min(room, free_cpu_slots / cpu_slots);
       if (parallel > 0) {
         live.Reset();
@@ -257,7 +306,7 @@ absl::StatusOr<std::vector<Lease>> Scheduler::LeaseTrials(int64_t worker_id, int
         take.Bind(3, now);
         take.Bind(4, lease.trial_id);
         if (take.Step() != SQLITE_DONE) return take.Error("leasing a trial");
-        free_gpus -= gpus;
+        if (gpus > 0) TakeGpuShares(&gpu_shares, gpus);  // Fits: GpuTrialsThatFit counted it.
         free_cpu_slots -= cpu_slots;
         if (absl::Status e = Event(sweep_id, lease.trial_id, worker_id, "leased",
                                    absl::StrCat("attempt ", lease.attempt,

@@ -80,11 +80,23 @@ struct Lease {
   std::vector<std::string> command;       // Empty: the builtin trainer.
   std::optional<std::string> checkpoint;  // Resume from here.
   int gpus = 0;
-  int cpu_slots = 0;
+  int cpu_slots = 0;  // The whole trial's: ranks x the sweep's cpu_slots_per_trial (CPU trials).
+  int ranks = 1;      // Processes of a data-parallel trial (one per GPU on GPUs).
   double expires_at = 0;
   std::string metric_name;  // The sweep's metric and goal: the worker reports its value.
   bool minimize = true;
   std::string params_json;  // The trial's parameters, {"optim.lr": 0.003, ...} (typed).
+};
+
+// What a worker has free, for LeaseTrials.
+struct FreeResources {
+  // Free trial shares of each of the worker's GPUs, in its order (0: the GPU is full; a worker
+  // running up to K trials per GPU offers K minus the trials on it). A trial with g GPUs takes
+  // one share from each of g distinct GPUs: those with the most free shares, the first listed
+  // on ties, the rule the worker places its leases by.
+  std::vector<int> gpu_shares;
+  // Free CPU slots. A CPU trial takes cpu_slots_per_trial for each of its ranks.
+  int cpu_slots = 0;
 };
 
 struct TrialProgress {
@@ -134,7 +146,11 @@ class Scheduler {
   // LeaseTrials handed out: same attempt, expires_at the current lease expiry.
   absl::StatusOr<std::vector<Lease>> HeldTrials(int64_t worker_id);
 
-  // Up to `max_trials` leases that fit the free resources. Empty when nothing fits.
+  // Up to `max_trials` leases that fit the free resources, all of them together (the worker
+  // can start every one). Empty when nothing fits.
+  absl::StatusOr<std::vector<Lease>> LeaseTrials(int64_t worker_id, const FreeResources& free,
+                                                 int max_trials);
+  // The same with `free_gpus` GPUs of one free share each.
   absl::StatusOr<std::vector<Lease>> LeaseTrials(int64_t worker_id, int free_gpus,
                                                  int free_cpu_slots, int max_trials);
 

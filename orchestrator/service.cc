@@ -145,6 +145,7 @@ void ToLease(const Lease& lease, v1::Lease* out) {
   out->set_metric_name(lease.metric_name);
   out->set_minimize(lease.minimize);
   out->set_params_json(lease.params_json);
+  out->set_ranks(lease.ranks);
 }
 
 }  // namespace
@@ -564,14 +565,29 @@ grpc::Status OrchestratorService::LeaseTrials(grpc::ServerContext* context,
   if (request->free_gpus() < 0 || request->free_cpu_slots() < 0 || request->max_trials() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "free resources and max_trials must be >= 0");
   }
+  if (request->free_gpu_shares_size() > kMaxWorkerResources) {
+    return Invalid(absl::StrCat("free_gpu_shares: at most ", kMaxWorkerResources, " GPUs"));
+  }
+  FreeResources free;
+  free.cpu_slots = request->free_cpu_slots();
+  if (request->free_gpu_shares_size() > 0) {
+    for (int share : request->free_gpu_shares()) {
+      if (share < 0 || share > kMaxWorkerResources) {
+        return Invalid(absl::StrCat("free_gpu_shares: each in [0, ", kMaxWorkerResources,
+                                    "], got ", share));
+      }
+      free.gpu_shares.push_back(share);
+    }
+  } else {
+    free.gpu_shares.assign(std::min(request->free_gpus(), kMaxWorkerResources), 1);
+  }
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(std::min(request->wait_ms(), options_.max_lease_wait_ms));
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       absl::StatusOr<std::vector<Lease>> leases = scheduler_->LeaseTrials(
-          request->worker_id(), request->free_gpus(), request->free_cpu_slots(),
-          request->max_trials() > 0 ? request->max_trials() : 1);
+          request->worker_id(), free, request->max_trials() > 0 ? request->max_trials() : 1);
       if (!leases.ok()) return Reply(leases.status());
       for (const Lease& lease : *leases) ToLease(lease, response->add_leases());
     }

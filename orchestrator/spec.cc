@@ -1124,7 +1124,8 @@ static absl::StatusOr<SweepSpec> ParseUnclipped(const std::string& text, const s
     if (absl::Status s = ParseDetection(r, detection, &spec.detection); !s.ok()) return s;
   }
   if (const YAML::Node res = root["resources"]) {
-    if (absl::Status s = r.OnlyKeys(res, "resources", {"gpus_per_trial", "cpu_slots_per_trial"});
+    if (absl::Status s = r.OnlyKeys(res, "resources",
+                                    {"gpus_per_trial", "cpu_slots_per_trial", "ranks_per_trial"});
         !s.ok()) {
       return s;
     }
@@ -1139,6 +1140,28 @@ static absl::StatusOr<SweepSpec> ParseUnclipped(const std::string& text, const s
           r.Int(res["cpu_slots_per_trial"], "resources.cpu_slots_per_trial", 1, INT_MAX);
       if (!v.ok()) return v.status();
       spec.cpu_slots_per_trial = static_cast<int>(*v);
+    }
+    // Data-parallel trials: one process (rank) per GPU on GPUs, ranks_per_trial of them on
+    // CPU. Each CPU rank occupies cpu_slots_per_trial slots (what a one-rank trial occupies).
+    if (spec.gpus_per_trial > 0) spec.ranks_per_trial = spec.gpus_per_trial;
+    if (res["ranks_per_trial"]) {
+      absl::StatusOr<int64_t> v =
+          r.Int(res["ranks_per_trial"], "resources.ranks_per_trial", 1, kMaxRanksPerTrial);
+      if (!v.ok()) return v.status();
+      if (spec.gpus_per_trial > 0 && *v != spec.gpus_per_trial) {
+        return Error(YamlWhere(origin, res["ranks_per_trial"]), "resources.ranks_per_trial",
+                     absl::StrCat("a GPU trial runs one rank per GPU: with gpus_per_trial ",
+                                  spec.gpus_per_trial, " it is ", spec.gpus_per_trial,
+                                  " (or leave it out), got ", *v));
+      }
+      spec.ranks_per_trial = static_cast<int>(*v);
+    }
+    if (spec.gpus_per_trial == 0 &&
+        static_cast<int64_t>(spec.ranks_per_trial) * spec.cpu_slots_per_trial > INT_MAX) {
+      return Error(YamlWhere(origin, res), "resources",
+                   absl::StrCat("ranks_per_trial x cpu_slots_per_trial = ",
+                                static_cast<int64_t>(spec.ranks_per_trial) * spec.cpu_slots_per_trial,
+                                " CPU slots per trial; the limit is ", INT_MAX));
     }
   }
   if (root["max_attempts"]) {

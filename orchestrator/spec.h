@@ -10,7 +10,7 @@
 //     optim.lr: {min: 1e-4, max: 1e-1, distribution: log_uniform}   # random only
 //   early_terminate: {type: divergence}   # or a list: [{type: divergence}, {type: asha, ...}]
 //   detection: {window: 128, z: 6, min_values: 20}   # spikes and divergence (detector.h)
-//   resources: {gpus_per_trial: 1}
+//   resources: {gpus_per_trial: 1}   # or {ranks_per_trial: 2, cpu_slots_per_trial: 1} on CPU
 //   max_attempts: 3
 //   parallel: 4                      # max concurrent trials (0: no limit)
 //
@@ -44,6 +44,9 @@
 namespace sweep::orchestrator {
 
 enum class SearchMethod { kGrid, kRandom };
+
+// The most ranks (processes) one data-parallel trial may ask for.
+inline constexpr int kMaxRanksPerTrial = 1024;
 enum class Distribution { kUniform, kLogUniform, kIntUniform, kQUniform };
 
 struct ParameterSpec {
@@ -76,7 +79,10 @@ struct SweepSpec {
   std::vector<EarlyTerminateRule> early_terminate;
   DetectionOptions detection;
   int gpus_per_trial = 0;
-  int cpu_slots_per_trial = 1;
+  int cpu_slots_per_trial = 1;  // Per rank: a CPU trial takes ranks x this many slots.
+  // Processes of one data-parallel trial: gpus_per_trial when > 0 (one rank per GPU), else
+  // `resources.ranks_per_trial` (default 1). A spec that sets both differently is refused.
+  int ranks_per_trial = 1;
   int max_attempts = 3;
   int parallel = 0;
   std::string origin;       // The file the spec came from.

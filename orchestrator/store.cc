@@ -254,6 +254,11 @@ UPDATE metric_blocks SET (nonfinite_step, nonfinite) = (
     AND m.name = metric_blocks.name AND m.step BETWEEN metric_blocks.first_step AND metric_blocks.last_step
     AND m.value IS NULL ORDER BY m.step LIMIT 1);
 )sql",
+    // 6: data-parallel trials: the processes (ranks) one trial runs, from the spec's
+    // `resources` (gpus_per_trial when > 0, else ranks_per_trial). Older sweeps run one.
+    R"sql(
+ALTER TABLE sweeps ADD COLUMN ranks_per_trial INTEGER NOT NULL DEFAULT 1;
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion, "one migration per schema version");
 
@@ -403,8 +408,8 @@ absl::StatusOr<SubmitResult> Store::SubmitSweep(const SweepSpec& spec,
       db_,
       "INSERT INTO sweeps (name, state, method, metric_name, metric_goal, max_attempts, parallel, "
       "spec_text, spec_hash, created_at, updated_at, gpus_per_trial, cpu_slots_per_trial, "
-      "trainer_command, early_terminate, detection) "
-      "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      "trainer_command, early_terminate, detection, ranks_per_trial) "
+      "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   if (!insert_sweep.status().ok()) return fail(insert_sweep.status());
   insert_sweep.Bind(1, spec.name);
   insert_sweep.Bind(2, std::string(spec.method == SearchMethod::kGrid ? "grid" : "random"));
@@ -421,6 +426,7 @@ absl::StatusOr<SubmitResult> Store::SubmitSweep(const SweepSpec& spec,
   insert_sweep.Bind(13, nlohmann::json(spec.command).dump());
   insert_sweep.Bind(14, EarlyTerminateToJson(spec.early_terminate));
   insert_sweep.Bind(15, DetectionToJson(spec.detection));
+  insert_sweep.Bind(16, spec.ranks_per_trial);
   if (insert_sweep.Step() != SQLITE_DONE) return fail(insert_sweep.Error("inserting the sweep"));
   const int64_t sweep_id = sqlite3_last_insert_rowid(db_);
 

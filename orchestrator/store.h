@@ -38,7 +38,7 @@ namespace sweep::orchestrator {
 
 class StatementCache;
 
-inline constexpr int kSchemaVersion = 5;
+inline constexpr int kSchemaVersion = 6;
 
 // trials.stop_requested: why the trial's worker is told to stop it (heartbeat replies).
 enum StopCode : int {

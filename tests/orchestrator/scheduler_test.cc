@@ -104,6 +104,59 @@ TEST_F(SchedulerTest, LeasesFitFreeSlotsAndParallel) {
   EXPECT_EQ(scheduler_->LeaseTrials(999, 5, 5, 10).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(SchedulerTest, ADataParallelCpuTrialTakesItsSlotsForEveryRank) {
+  Submit("ranks", "resources: {ranks_per_trial: 2, cpu_slots_per_trial: 2}\n");
+  const int64_t w = Worker("w1", 8);
+  EXPECT_EQ(scheduler_->LeaseTrials(w, 0, 3, 10)->size(), 0u);  // needs 2 ranks x 2 slots
+  std::vector<Lease> leases = *scheduler_->LeaseTrials(w, 0, 9, 10);
+  ASSERT_EQ(leases.size(), 2u);  // 9 slots: two trials of 4
+  EXPECT_EQ(leases[0].ranks, 2);
+  EXPECT_EQ(leases[0].cpu_slots, 4);
+  EXPECT_EQ(leases[0].gpus, 0);
+  // A GPU trial runs a rank per GPU and takes no CPU slot.
+  Submit("gpu2", "resources: {gpus_per_trial: 2}\n");
+  leases = *scheduler_->LeaseTrials(w, 2, 0, 10);
+  ASSERT_EQ(leases.size(), 1u);
+  EXPECT_EQ(leases[0].ranks, 2);
+  EXPECT_EQ(leases[0].cpu_slots, 0);
+  // What a restarted worker is told it holds says the same.
+  absl::StatusOr<std::vector<Lease>> held_trials = scheduler_->HeldTrials(w);
+  ASSERT_OK(held_trials);
+  ASSERT_EQ(held_trials->size(), 3u);
+  for (const Lease& held : *held_trials) {
+    EXPECT_EQ(held.ranks, 2) << held.sweep_name;
+    EXPECT_EQ(held.cpu_slots, held.sweep_name == "ranks" ? 4 : 0) << held.sweep_name;
+  }
+}
+
+TEST_F(SchedulerTest, GpuSharesFitTrialsOnDistinctGpus) {
+  Submit("one", "resources: {gpus_per_trial: 1}\n");
+  const int64_t w = Worker("w1", 0, 2);
+  // Two GPUs with three free shares each (trials_per_gpu 3): all three one-GPU trials.
+  FreeResources free;
+  free.gpu_shares = {3, 3};
+  EXPECT_EQ(scheduler_->LeaseTrials(w, free, 10)->size(), 3u);
+  // Two-GPU trials: a share on each of two GPUs. {3, 0} holds none, {2, 1, 1} holds two
+  // ({2,1,1} -> {1,0,1} -> {0,0,0}), {5, 1} one.
+  Submit("two", "resources: {gpus_per_trial: 2}\n");  // Three trials, released after each case.
+  struct Case {
+    std::vector<int> shares;
+    size_t expected;
+  } cases[] = {{{3, 0}, 0}, {{2, 1, 1}, 2}, {{5, 1}, 1}, {{1, 1, 1, 1}, 2}, {{2, 2, 2}, 3}};
+  for (const Case& c : cases) {
+    free.gpu_shares = c.shares;
+    std::vector<Lease> leases = *scheduler_->LeaseTrials(w, free, 10);
+    EXPECT_EQ(leases.size(), c.expected) << ::testing::PrintToString(c.shares);
+    for (const Lease& lease : leases) {
+      EXPECT_EQ(lease.gpus, 2);
+      ASSERT_OK(scheduler_->Complete(lease.trial_id, lease.attempt, Released("test")));
+    }
+  }
+  // max_trials still caps it.
+  free.gpu_shares = {4, 4};
+  EXPECT_EQ(scheduler_->LeaseTrials(w, free, 1)->size(), 1u);
+}
+
 TEST_F(SchedulerTest, ExpiredLeasesRequeueWithTheirCheckpointAndFenceTheOldAttempt) {
   Submit("a");
   const int64_t w1 = Worker("w1"), w2 = Worker("w2");

@@ -159,6 +159,20 @@ TEST(SpecTest, BadSpecsAreRefusedWithFileLineColumnAndKey) {
        "s.yaml:8:15: max_attempts: must be >= 1, got 0"},
       {Spec("parameters: {optim.lr: {values: [1e-3]}}\nresources: {gpus: 1}\n"),
        "resources.gpus: unknown key"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\nresources: {ranks_per_trial: 0}\n"),
+       "s.yaml:8:30: resources.ranks_per_trial: must be >= 1, got 0"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\nresources: {ranks_per_trial: 1025}\n"),
+       "resources.ranks_per_trial: must be <= 1024, got 1025"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\nresources: {ranks_per_trial: two}\n"),
+       "resources.ranks_per_trial: expected an integer, got 'two'"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\n"
+            "resources: {gpus_per_trial: 2, ranks_per_trial: 4}\n"),
+       "s.yaml:8:49: resources.ranks_per_trial: a GPU trial runs one rank per GPU: with "
+       "gpus_per_trial 2 it is 2 (or leave it out), got 4"},
+      {Spec("parameters: {optim.lr: {values: [1e-3]}}\n"
+            "resources: {ranks_per_trial: 1024, cpu_slots_per_trial: 2147483647}\n"),
+       "s.yaml:8:12: resources: ranks_per_trial x cpu_slots_per_trial = 2199023254528 CPU slots "
+       "per trial; the limit is 2147483647"},
       {Spec("parameters: {optim.lr: {values: [1e-3]}}\ntrainer: {command: []}\n"),
        "trainer.command: expected a non-empty list"},
       {"name: t\nmethod: random\nparameters: {optim.lr: {values: [1]}}\n", "run_cap: missing"},
@@ -171,6 +185,29 @@ TEST(SpecTest, BadSpecsAreRefusedWithFileLineColumnAndKey) {
     EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(spec.status().message().find(c.expected), std::string::npos)
         << "spec:\n" << c.text << "want: " << c.expected << "\ngot:  " << spec.status().message();
+  }
+}
+
+TEST(SpecTest, RanksPerTrialDefaultsToOneAndFollowsTheGpus) {
+  struct Case {
+    std::string resources;
+    int gpus, cpu_slots, ranks;
+  } cases[] = {
+      {"", 0, 1, 1},
+      {"resources: {gpus_per_trial: 0}\n", 0, 1, 1},
+      {"resources: {ranks_per_trial: 2}\n", 0, 1, 2},
+      {"resources: {ranks_per_trial: 4, cpu_slots_per_trial: 2}\n", 0, 2, 4},
+      {"resources: {gpus_per_trial: 1}\n", 1, 1, 1},
+      {"resources: {gpus_per_trial: 2}\n", 2, 1, 2},  // One rank per GPU.
+      {"resources: {gpus_per_trial: 2, ranks_per_trial: 2}\n", 2, 1, 2},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<SweepSpec> spec =
+        ParseSweepSpec(Spec("parameters: {optim.lr: {values: [1e-3]}}\n" + c.resources), "s.yaml");
+    ASSERT_OK(spec);
+    EXPECT_EQ(spec->gpus_per_trial, c.gpus) << c.resources;
+    EXPECT_EQ(spec->cpu_slots_per_trial, c.cpu_slots) << c.resources;
+    EXPECT_EQ(spec->ranks_per_trial, c.ranks) << c.resources;
   }
 }
 

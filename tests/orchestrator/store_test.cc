@@ -66,8 +66,9 @@ TEST(StoreTest, CreatesAndMigratesTheSchema) {
   EXPECT_NE(newer.status().message().find("newer than this sweepd"), std::string::npos);
 }
 
-// What migration 3 adds, undone: a file as schema 2 left it.
-constexpr char kUndoMigrations3To5[] = R"sql(
+// What migrations 3 to 6 add, undone: a file as schema 2 left it.
+constexpr char kUndoMigrations3To6[] = R"sql(
+  ALTER TABLE sweeps DROP COLUMN ranks_per_trial;
   DROP TABLE metric_blocks;
   DROP TABLE analyses;
   DROP VIEW trial_summary;
@@ -91,7 +92,7 @@ TEST(StoreTest, MigratesAVersion1FileToBestMetric) {
   const std::string path = TempDb();
   {
     Submitted s = Submit(path);
-    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3To5, nullptr, nullptr, nullptr), SQLITE_OK)
+    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3To6, nullptr, nullptr, nullptr), SQLITE_OK)
         << sqlite3_errmsg(s.store->db());
     // Turn the file back into what schema 1 left: no best_metric, the old trial_summary.
     ASSERT_EQ(sqlite3_exec(s.store->db(), R"sql(
@@ -129,11 +130,29 @@ TEST(StoreTest, MigratesAVersion1FileToBestMetric) {
   EXPECT_EQ(QueryScalar(db, "PRAGMA integrity_check"), "ok");
 }
 
+TEST(StoreTest, MigratesAVersion5FileToRanksPerTrial) {
+  const std::string path = TempDb();
+  {
+    Submitted s = Submit(path);
+    ASSERT_EQ(sqlite3_exec(s.store->db(),
+                           "ALTER TABLE sweeps DROP COLUMN ranks_per_trial; PRAGMA user_version = 5;",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(s.store->db());
+  }
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  ASSERT_OK(store);
+  EXPECT_EQ(*(*store)->SchemaVersion(), kSchemaVersion);
+  // A sweep from before runs one process per trial, as it did.
+  EXPECT_EQ(QueryScalar((*store)->db(), "SELECT group_concat(ranks_per_trial) FROM sweeps"), "1");
+  EXPECT_EQ(QueryScalar((*store)->db(), "PRAGMA integrity_check"), "ok");
+}
+
 TEST(StoreTest, MigratesAVersion2FileToDetectionAndEarlyTermination) {
   const std::string path = TempDb();
   {
     Submitted s = Submit(path);
-    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3To5, nullptr, nullptr, nullptr), SQLITE_OK)
+    ASSERT_EQ(sqlite3_exec(s.store->db(), kUndoMigrations3To6, nullptr, nullptr, nullptr), SQLITE_OK)
         << sqlite3_errmsg(s.store->db());
   }
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
