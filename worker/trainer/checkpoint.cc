@@ -118,6 +118,12 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
     archive.write("exp_avg_sq", optimizer.exp_avg_sq().cpu());
     archive.write("adam_step", torch::tensor({optimizer.step()}, torch::kInt64));
     archive.write("cpu_rng_state", at::detail::getDefaultCPUGenerator().get_state());
+    if (progress.noise_scale.count > 0) {
+      archive.write("gns_ema", torch::tensor({progress.noise_scale.grad_sq,
+                                              progress.noise_scale.trace,
+                                              static_cast<double>(progress.noise_scale.count)},
+                                             torch::kDouble));
+    }
     std::ostringstream stream;
     archive.save_to(stream);
     payload = stream.str();
@@ -219,6 +225,15 @@ absl::Status LoadCheckpoint(const std::string& checkpoint_dir, Transformer& mode
     optimizer.set_step(adam_step.item<int64_t>());
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     generator.set_state(rng);
+    torch::Tensor gns;
+    progress->noise_scale = {};
+    if (archive.try_read("gns_ema", gns)) {
+      if (gns.scalar_type() != torch::kDouble || gns.numel() != 3) {
+        return absl::DataLossError(absl::StrCat(checkpoint_dir, ": gns_ema is not 3 doubles"));
+      }
+      const double* v = gns.data_ptr<double>();
+      progress->noise_scale = {v[0], v[1], static_cast<int64_t>(v[2])};
+    }
   } catch (const c10::Error& e) {
     return absl::DataLossError(
         absl::StrCat(checkpoint_dir, ": cannot read tensors: ", e.what_without_backtrace()));

@@ -2,7 +2,8 @@
 //
 // Layout (Lingua's): <dump_dir>/checkpoints/<step, 10 digits>/
 //   state.bin         magic "SWPCKPT\0", format version, payload size, FNV-1a checksum, then a
-//                     LibTorch archive of the flat parameter and Adam buffers and the RNG state
+//                     LibTorch archive of the flat parameter and Adam buffers, the RNG state
+//                     and (data-parallel runs) the noise-scale averages
 //   train_state.json  step, tokens seen, data position, parameter layout, format version
 //                     (both files' LibTorch-free parts: checkpoint_format.h)
 //   config.yaml       the resolved configuration the run used
@@ -24,6 +25,7 @@
 #include "worker/trainer/config.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/model.h"
+#include "worker/trainer/noise_scale.h"
 #include "worker/trainer/optimizer.h"
 
 namespace sweep::trainer {
@@ -35,6 +37,9 @@ struct TrainProgress {
   int64_t step = 0;          // Optimizer steps taken.
   int64_t total_tokens = 0;  // Training tokens consumed.
   DataState data;            // Position of the training batch stream.
+  // The noise-scale averages of a data-parallel run (state.bin's "gns_ema", written only
+  // once there is something in them; a checkpoint without it resumes with empty averages).
+  GradientNoiseScale::State noise_scale;
 };
 
 // Writes checkpoint `progress.step` under `checkpoints_dir` and then deletes all but the

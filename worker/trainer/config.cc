@@ -87,6 +87,8 @@ void ForEachConfigField(TrainConfig& c, const std::function<void(const char*, Fi
   fn("eval.steps", &c.eval.steps);
   fn("logging.freq", &c.logging.freq);
   fn("divergence.loss_factor", &c.divergence.loss_factor);
+  fn("distributed.timeout", &c.distributed.timeout);
+  fn("distributed.gns_ema", &c.distributed.gns_ema);
 }
 
 const char* FieldTypeName(const FieldRef& field) {
@@ -357,6 +359,10 @@ std::vector<Problem> FindProblems(const TrainConfig& c) {
   require(c.logging.freq >= 1, "logging.freq", "must be >= 1");
   require(c.divergence.loss_factor == 0 || c.divergence.loss_factor > 1, "divergence.loss_factor",
           "must be 0 (off) or > 1");
+  require(std::isfinite(c.distributed.timeout) && c.distributed.timeout > 0,
+          "distributed.timeout", "must be a finite number of seconds > 0");
+  require(c.distributed.gns_ema >= 0 && c.distributed.gns_ema < 1, "distributed.gns_ema",
+          "must be in [0, 1)");
   return p;
 }
 

@@ -100,6 +100,17 @@ struct LoggingArgs {
   int freq = 1;  // Log every N optimizer steps.
 };
 
+// Data-parallel trials (Lingua's `distributed` section; the ranks themselves come from the
+// environment, torchrun's WORLD_SIZE/RANK/LOCAL_RANK: worker/trainer/distributed.h). Unused
+// by a single-process run.
+struct DistributedArgs {
+  // Seconds a rank waits for its peers (rendezvous, every collective) before it fails: a rank
+  // whose peer died exits with an error within this time instead of hanging.
+  double timeout = 60.0;
+  // Decay of the exponential moving averages behind optim/noise_scale (noise_scale.h).
+  double gns_ema = 0.95;
+};
+
 struct TrainConfig {
   std::string name = "sweep";
   std::string dump_dir = "out";
@@ -116,6 +127,7 @@ struct TrainConfig {
   EvalArgs eval;
   LoggingArgs logging;
   DivergenceArgs divergence;
+  DistributedArgs distributed;
 
   int64_t ModelSeed() const { return model.seed >= 0 ? model.seed : seed; }
   int64_t DataSeed() const { return data.seed >= 0 ? data.seed : seed; }

@@ -31,7 +31,10 @@ int Main(int argc, char** argv) {
       "  sweep-train --config cfg.yaml optim.lr=1e-2 model.n_layers=10 --metrics -\n"
       "  sweep-train --config cfg.yaml --resume out/checkpoints\n\n"
       "Exit codes: 0 completed, 1 failed, 2 bad config or flags, 3 diverged (non-finite loss\n"
-      "or grad norm), 4 stopped by SIGTERM/SIGUSR2/SIGINT after writing a checkpoint.",
+      "or grad norm), 4 stopped by SIGTERM/SIGUSR2/SIGINT after writing a checkpoint.\n\n"
+      "Data-parallel (one process per rank, same argv): WORLD_SIZE, RANK, LOCAL_RANK,\n"
+      "LOCAL_WORLD_SIZE and SWEEP_RENDEZVOUS=<file> or MASTER_ADDR/MASTER_PORT, as torchrun\n"
+      "sets them; see docs/data_parallel.md. A rank whose peer dies exits 1.",
       "sweep-train"};
   std::string config_path;
   TrainOptions options;
@@ -106,6 +109,13 @@ int main(int argc, char** argv) {
   mallopt(M_TOP_PAD, 64 << 20);
   // Human-readable progress goes to stderr; stdout stays free for `--metrics -`.
   spdlog::set_default_logger(spdlog::stderr_color_mt("sweep-train"));
-  spdlog::set_pattern("[%H:%M:%S.%e] %^%l%$ %v");
+  // Ranks of a data-parallel trial (worker/trainer/distributed.h) share one stderr log.
+  const char* world_size = std::getenv("WORLD_SIZE");
+  const char* rank = std::getenv("RANK");
+  if (world_size != nullptr && std::atoi(world_size) > 1 && rank != nullptr) {
+    spdlog::set_pattern(std::string("[%H:%M:%S.%e] %^%l%$ [rank ") + rank + "] %v");
+  } else {
+    spdlog::set_pattern("[%H:%M:%S.%e] %^%l%$ %v");
+  }
   return Main(argc, argv);
 }

@@ -19,7 +19,9 @@
 #include "absl/strings/str_cat.h"
 #include "worker/trainer/checkpoint.h"
 #include "worker/trainer/data.h"
+#include "worker/trainer/distributed.h"
 #include "worker/trainer/model.h"
+#include "worker/trainer/noise_scale.h"
 #include "worker/trainer/optimizer.h"
 #include "worker/trainer/schedule.h"
 
@@ -108,18 +110,31 @@ class CudaAutocast {
   const bool enabled_;
 };
 
-// (B, S + 1) windows -> int64 tensor on `device`.
-torch::Tensor ToTensor(const std::vector<int64_t>& tokens, int batch, int seq_len,
+// This rank's (B, S + 1) windows of a global batch of world · B rows -> int64 tensor on
+// `device`. A single process (rank 0 of 1) takes the whole batch.
+torch::Tensor ToTensor(const std::vector<int64_t>& tokens, int batch, int seq_len, int rank,
                        torch::Device device) {
-  return torch::from_blob(const_cast<int64_t*>(tokens.data()), {batch, seq_len + 1}, torch::kInt64)
+  int64_t* rows = const_cast<int64_t*>(tokens.data()) + static_cast<size_t>(rank) * batch * (seq_len + 1);
+  return torch::from_blob(rows, {batch, seq_len + 1}, torch::kInt64)
       .to(device, /*non_blocking=*/false, /*copy=*/true);
 }
 
+// The batch stream of the whole world: world_size · data.batch_size windows a step, from
+// which each rank takes its slice; a 1-rank run with that batch size reads the same stream.
+DataArgs GlobalDataArgs(const TrainConfig& config, int world_size) {
+  DataArgs args = config.data;
+  args.batch_size *= world_size;
+  return args;
+}
+
 // Mean cross-entropy over eval.steps validation batches, read from the start each time.
+// With several ranks each evaluates its slice of every batch and the means are averaged.
 absl::StatusOr<double> Evaluate(const TrainConfig& config, Transformer& model,
-                                torch::Device device) {
-  absl::StatusOr<std::unique_ptr<BatchIterator>> val =
-      BatchIterator::Open(config.data, static_cast<uint64_t>(config.DataSeed()), Split::kVal);
+                                torch::Device device, Communicator* comm) {
+  const int rank = comm != nullptr ? comm->rank() : 0;
+  const int world = comm != nullptr ? comm->world_size() : 1;
+  absl::StatusOr<std::unique_ptr<BatchIterator>> val = BatchIterator::Open(
+      GlobalDataArgs(config, world), static_cast<uint64_t>(config.DataSeed()), Split::kVal);
   if (!val.ok()) return val.status();
   torch::NoGradGuard no_grad;
   std::vector<int64_t> tokens;
@@ -127,7 +142,8 @@ absl::StatusOr<double> Evaluate(const TrainConfig& config, Transformer& model,
   for (int i = 0; i < config.eval.steps; ++i) {
     absl::Status s = (*val)->Next(&tokens);
     if (!s.ok()) return s;
-    torch::Tensor window = ToTensor(tokens, config.data.batch_size, config.data.seq_len, device);
+    torch::Tensor window =
+        ToTensor(tokens, config.data.batch_size, config.data.seq_len, rank, device);
     const int64_t seq_len = config.data.seq_len;
     CudaAutocast autocast(device);
     torch::Tensor logits = model.Forward(window.narrow(1, 0, seq_len), nullptr);
@@ -136,12 +152,40 @@ absl::StatusOr<double> Evaluate(const TrainConfig& config, Transformer& model,
                                   window.narrow(1, 1, seq_len).reshape({-1}));
     total += loss.item<double>();
   }
+  if (comm != nullptr) {
+    torch::Tensor sum = torch::tensor({total}, torch::kDouble).to(device);
+    if (absl::Status s = comm->AllReduceSum({sum}, "the validation loss"); !s.ok()) return s;
+    total = sum.cpu().item<double>() / world;
+  }
   return total / config.eval.steps;
 }
 
 // Whether a validation split exists for every source (folders with *.val.jsonl).
 bool HasValidationData(const TrainConfig& config) {
   return BatchIterator::Open(config.data, 0, Split::kVal).ok();
+}
+
+// Checks that every rank starts from the same step and the same parameters (a rank that
+// found another checkpoint, or another config, would silently train something else).
+absl::Status CheckRanksAgree(Communicator& comm, Transformer& model, int64_t step,
+                             torch::Device device) {
+  const double checksum = model.flat_params().detach().sum(torch::kDouble).item<double>();
+  const double mine[] = {static_cast<double>(step), -static_cast<double>(step), checksum, -checksum};
+  torch::Tensor agreed = torch::tensor({mine[0], mine[1], mine[2], mine[3]}, torch::kDouble).to(device);
+  if (absl::Status s = comm.AllReduceMax(agreed, "the start-up check"); !s.ok()) return s;
+  agreed = agreed.cpu();
+  const double* a = agreed.data_ptr<double>();
+  if (a[0] != mine[0] || a[1] != mine[1]) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rank ", comm.rank(), " starts at step ", step, " but another rank does not (steps ",
+        -a[1], " to ", a[0], "): the ranks found different checkpoints"));
+  }
+  if (a[2] != mine[2] || a[3] != mine[3]) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rank ", comm.rank(), ": the ranks start from different parameters (another seed, "
+        "model or checkpoint); every rank must get the same argv"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -157,6 +201,8 @@ void InstallStopSignalHandlers() {
 
 absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions& options) {
   if (absl::Status s = ValidateTrainConfig(config); !s.ok()) return s;
+  absl::StatusOr<WorldInfo> world = WorldInfoFromEnvironment();
+  if (!world.ok()) return world.status();
   torch::Device device(torch::kCPU);
   if (config.device == "cuda") {
     if (!torch::cuda::is_available()) {
@@ -164,6 +210,14 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
           "device: 'cuda' asked for, but this LibTorch has no CUDA or no GPU is visible");
     }
     device = torch::Device(torch::kCUDA);
+    if (world->distributed()) {  // Every rank sees all the trial's GPUs and takes its own.
+      if (world->local_rank >= static_cast<int>(torch::cuda::device_count())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "LOCAL_RANK=", world->local_rank, " but only ", torch::cuda::device_count(),
+            " GPUs are visible (CUDA_VISIBLE_DEVICES)"));
+      }
+      device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(world->local_rank));
+    }
   }
   const int threads =
       config.threads > 0 ? config.threads : static_cast<int>(std::thread::hardware_concurrency());
@@ -178,21 +232,36 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     set_blas_threads(std::max(1, threads));
   }
 
-  std::error_code ec;
-  fs::create_directories(config.dump_dir, ec);
-  if (ec) {
-    return absl::InternalError(absl::StrCat("dump_dir: cannot create ", config.dump_dir, ": ",
-                                            ec.message()));
+  // Data-parallel: meet the other ranks first, so that a missing peer is the first error.
+  // Only rank 0 writes into dump_dir (config, metrics, checkpoints).
+  std::unique_ptr<Communicator> comm;
+  if (world->distributed()) {
+    absl::StatusOr<std::unique_ptr<Communicator>> connected = Communicator::Connect(
+        *world, device,
+        std::chrono::milliseconds(static_cast<int64_t>(config.distributed.timeout * 1000)));
+    if (!connected.ok()) return connected.status();
+    comm = std::move(*connected);
   }
-  {
+  const int rank = world->rank;
+  const int world_size = world->world_size;
+  const bool writer = rank == 0;
+
+  if (writer) {
+    std::error_code ec;
+    fs::create_directories(config.dump_dir, ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat("dump_dir: cannot create ", config.dump_dir, ": ",
+                                              ec.message()));
+    }
     std::ofstream out(fs::path(config.dump_dir) / "config.yaml");
     out << TrainConfigToYaml(config);
   }
   const std::string checkpoints_dir = (fs::path(config.dump_dir) / "checkpoints").string();
 
   // Data first: a missing corpus is the most common mistake and costs nothing to report.
-  absl::StatusOr<std::unique_ptr<BatchIterator>> train_data =
-      BatchIterator::Open(config.data, static_cast<uint64_t>(config.DataSeed()), Split::kTrain);
+  // Every rank reads the global batch stream and trains on its slice of each batch.
+  absl::StatusOr<std::unique_ptr<BatchIterator>> train_data = BatchIterator::Open(
+      GlobalDataArgs(config, world_size), static_cast<uint64_t>(config.DataSeed()), Split::kTrain);
   if (!train_data.ok()) return train_data.status();
   BatchIterator& data = **train_data;
   const bool has_val = HasValidationData(config);
@@ -209,6 +278,7 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
   TrainProgress progress;
 
   // Resume: an explicit checkpoint must exist; otherwise pick up <dump_dir>/checkpoints.
+  // Every rank loads the same checkpoint (rank 0 wrote it; the folder is shared).
   std::string resumed_from;
   if (!options.resume.empty()) {
     absl::StatusOr<std::string> found = FindLatestCheckpoint(options.resume);
@@ -220,32 +290,50 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
   if (!resumed_from.empty()) {
     if (absl::Status s = LoadCheckpoint(resumed_from, model, optimizer, &progress); !s.ok()) return s;
     if (absl::Status s = data.Restore(progress.data); !s.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(resumed_from, ": cannot restore the data position: ", s.message()));
+      return absl::FailedPreconditionError(absl::StrCat(
+          resumed_from, ": cannot restore the data position: ", s.message(),
+          world_size > 1 ? absl::StrCat(" (with ", world_size, " ranks the stream's batch is ",
+                                        world_size, " x data.batch_size)")
+                         : ""));
     }
   }
+  if (comm != nullptr) {
+    if (absl::Status s = CheckRanksAgree(*comm, model, progress.step, device); !s.ok()) return s;
+  }
+  GradientNoiseScale noise_scale(config.distributed.gns_ema);
+  noise_scale.set_state(progress.noise_scale);
 
-  const std::string metrics_path = options.metrics_path.empty()
-                                       ? (fs::path(config.dump_dir) / "metrics.jsonl").string()
-                                       : options.metrics_path;
-  absl::StatusOr<std::unique_ptr<MetricsWriter>> metrics = MetricsWriter::Open(metrics_path);
-  if (!metrics.ok()) return metrics.status();
+  std::unique_ptr<MetricsWriter> metrics;  // Rank 0's; other ranks report nothing.
+  if (writer) {
+    const std::string metrics_path = options.metrics_path.empty()
+                                         ? (fs::path(config.dump_dir) / "metrics.jsonl").string()
+                                         : options.metrics_path;
+    absl::StatusOr<std::unique_ptr<MetricsWriter>> opened = MetricsWriter::Open(metrics_path);
+    if (!opened.ok()) return opened.status();
+    metrics = std::move(*opened);
+  }
+  auto emit = [&](nlohmann::json record) -> absl::Status {
+    if (metrics == nullptr) return absl::OkStatus();
+    return metrics->Write(std::move(record));
+  };
   std::unique_ptr<FILE, int (*)(FILE*)> batch_dump(nullptr, &std::fclose);
-  if (!options.dump_batches_path.empty()) {
+  if (writer && !options.dump_batches_path.empty()) {  // The global batch, all ranks' rows.
     batch_dump.reset(std::fopen(options.dump_batches_path.c_str(), resumed_from.empty() ? "wb" : "ab"));
     if (!batch_dump) {
       return absl::InternalError(absl::StrCat("cannot open ", options.dump_batches_path));
     }
   }
 
-  spdlog::info("model: {} parameters ({} non-embedding), {} layers, dim {}, {} threads",
-               model.num_params(), model.num_non_embedding_params(), config.model.n_layers,
-               config.model.dim, at::get_num_threads());
+  if (writer) {
+    spdlog::info("model: {} parameters ({} non-embedding), {} layers, dim {}, {} threads",
+                 model.num_params(), model.num_non_embedding_params(), config.model.n_layers,
+                 config.model.dim, at::get_num_threads());
+  }
   if (!resumed_from.empty()) {
     spdlog::info("resumed from {} at step {}", resumed_from, progress.step);
-    if (absl::Status s = (*metrics)->Write({{"event", "resumed"},
-                                            {"global_step", progress.step},
-                                            {"checkpoint", resumed_from}});
+    if (absl::Status s = emit({{"event", "resumed"},
+                               {"global_step", progress.step},
+                               {"checkpoint", resumed_from}});
         !s.ok()) {
       return s;
     }
@@ -253,8 +341,20 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
 
   auto save = [&]() -> absl::StatusOr<std::string> {
     progress.data = data.State();
+    progress.noise_scale = noise_scale.state();
     return SaveCheckpoint(checkpoints_dir, model, optimizer, progress, config,
                           config.checkpoint.keep);
+  };
+  // With several ranks: whether every rank got here with `ok` (rank 0 after writing a
+  // checkpoint), so that no rank reports success for a checkpoint that was not written.
+  auto agree = [&](bool ok, const std::string& what) -> absl::Status {
+    if (comm == nullptr) return absl::OkStatus();
+    torch::Tensor failures = torch::tensor({ok ? 0.0 : 1.0}, torch::kDouble).to(device);
+    if (absl::Status s = comm->AllReduceSum({failures}, what); !s.ok()) return s;
+    if (failures.cpu().item<double>() > 0) {
+      return absl::InternalError(absl::StrCat("rank ", rank, ": ", what, " failed on rank 0"));
+    }
+    return absl::OkStatus();
   };
   auto diverged = [&](int64_t step, const std::string& reason, double value) -> TrainOutcome {
     spdlog::error("diverged at step {}: {} ({})", step, reason, value);
@@ -264,14 +364,15 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     } else {
       event["value"] = NonFiniteName(value);  // JSON has no NaN or Inf.
     }
-    (void)(*metrics)->Write(std::move(event));
+    (void)emit(std::move(event));
     return TrainOutcome::kDiverged;
   };
   const double max_loss = config.divergence.loss_factor * std::log(static_cast<double>(vocab_size));
 
   const int batch = config.data.batch_size;
   const int seq_len = config.data.seq_len;
-  const int64_t tokens_per_step = static_cast<int64_t>(batch) * seq_len * config.grad_acc_steps;
+  const int64_t tokens_per_rank = static_cast<int64_t>(batch) * seq_len * config.grad_acc_steps;
+  const int64_t tokens_per_step = tokens_per_rank * world_size;
   const auto& group_names = model.group_names();
   const auto& group_ranges = model.group_ranges();
   std::vector<int64_t> tokens;
@@ -281,14 +382,14 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
   std::string last_checkpoint;
 
   while (progress.step < config.steps) {
-    if (int sig = g_stop_signal.load(); sig != 0) {
+    if (int sig = g_stop_signal.load(); sig != 0 && comm == nullptr) {
       absl::StatusOr<std::string> path = save();
       if (!path.ok()) return path.status();
       spdlog::warn("signal {}: checkpoint {} written, stopping", sig, *path);
-      if (absl::Status s = (*metrics)->Write({{"event", "preempted"},
-                                              {"global_step", progress.step},
-                                              {"signal", sig},
-                                              {"checkpoint", *path}});
+      if (absl::Status s = emit({{"event", "preempted"},
+                                 {"global_step", progress.step},
+                                 {"signal", sig},
+                                 {"checkpoint", *path}});
           !s.ok()) {
         return s;
       }
@@ -297,6 +398,8 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     const int64_t global_step = progress.step + 1;
     const Clock::time_point step_start = Clock::now();
     const bool probe = config.probe_freq > 0 && global_step % config.probe_freq == 0;
+    // Ranks agree on stopping through the gradient all-reduce; read the flag before it.
+    const bool stop_requested = g_stop_signal.load() != 0;
     ForwardProbes probes;
     double loss_sum = 0, z_sum = 0;
 
@@ -304,7 +407,7 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     for (int micro = 0; micro < config.grad_acc_steps; ++micro) {
       if (absl::Status s = data.Next(&tokens); !s.ok()) return s;
       if (batch_dump) std::fwrite(tokens.data(), sizeof(int64_t), tokens.size(), batch_dump.get());
-      torch::Tensor window = ToTensor(tokens, batch, seq_len, device);
+      torch::Tensor window = ToTensor(tokens, batch, seq_len, rank, device);
       torch::Tensor input = window.narrow(1, 0, seq_len);   // (B, S)
       torch::Tensor target = window.narrow(1, 1, seq_len);  // (B, S)
       const bool probe_now = probe && micro == 0;
@@ -327,8 +430,33 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
       }
       (loss / config.grad_acc_steps).backward();
       const double ce_value = ce.item<double>();
-      if (!std::isfinite(ce_value)) return diverged(global_step, "non-finite loss", ce_value);
+      // With several ranks a non-finite loss is found after the all-reduce, on every rank.
+      if (comm == nullptr && !std::isfinite(ce_value)) {
+        return diverged(global_step, "non-finite loss", ce_value);
+      }
       loss_sum += ce_value;
+    }
+
+    torch::Tensor grads = model.flat_grads();
+    bool stop_agreed = false;
+    double local_sq_norm = 0;  // Mean over ranks of |G_small|² (pre-clip), for the noise scale.
+    if (comm != nullptr) {
+      // One round trip: the flat gradient buffer and [loss, z, stop, |G_small|²] are summed
+      // together. Averaging the gradients makes every rank's clipping and AdamW identical.
+      torch::Tensor scalars = torch::cat(
+          {torch::tensor({loss_sum, z_sum, stop_requested ? 1.0 : 0.0}, torch::kDouble).to(device),
+           grads.norm().to(torch::kDouble).pow(2).reshape({1})});
+      if (absl::Status s = comm->AllReduceSum({grads, scalars}, "the gradients"); !s.ok()) return s;
+      grads.div_(world_size);
+      scalars = scalars.cpu();
+      const double* sum = scalars.data_ptr<double>();
+      loss_sum = sum[0] / world_size;
+      z_sum = sum[1] / world_size;
+      stop_agreed = sum[2] > 0;
+      local_sq_norm = sum[3] / world_size;
+      if (!std::isfinite(loss_sum)) {
+        return diverged(global_step, "non-finite loss", loss_sum / config.grad_acc_steps);
+      }
     }
     const double loss_value = loss_sum / config.grad_acc_steps;
     if (max_loss > 0 && loss_value > max_loss) {
@@ -338,7 +466,6 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     }
 
     // Pre-clip norms: one per group, the total from them (Σ group² = total²).
-    torch::Tensor grads = model.flat_grads();
     std::vector<torch::Tensor> norms;
     norms.reserve(group_ranges.size());
     for (const auto& [offset, numel] : group_ranges) norms.push_back(grads.narrow(0, offset, numel).norm());
@@ -348,6 +475,11 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     for (size_t i = 0; i < group_ranges.size(); ++i) total_sq += gn[i] * gn[i];
     const double grad_norm = std::sqrt(total_sq);
     if (!std::isfinite(grad_norm)) return diverged(global_step, "non-finite gradient norm", grad_norm);
+    if (comm != nullptr) {
+      noise_scale.Add(EstimateGradientNoise(local_sq_norm, total_sq,
+                                            static_cast<double>(tokens_per_rank),
+                                            static_cast<double>(tokens_per_step)));
+    }
     if (config.optim.clip > 0) {
       const double coef = config.optim.clip / (grad_norm + 1e-6);
       if (coef < 1.0) grads.mul_(coef);
@@ -363,7 +495,7 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     tokens_since_log += tokens_per_step;
     const double step_seconds = Seconds(step_start);
 
-    if (global_step % config.logging.freq == 0) {
+    if (writer && global_step % config.logging.freq == 0) {
       const double elapsed = Seconds(last_log);
       nlohmann::json record = {
           {"global_step", global_step},
@@ -384,48 +516,90 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
         }
         record["probe/output_logsumexp"] = probes.output_logsumexp_mean;
       }
-      if (absl::Status s = (*metrics)->Write(std::move(record)); !s.ok()) return s;
+      if (!noise_scale.empty()) {
+        // Tokens (B_simple of McCandlish et al.); JSON has no NaN, so only finite values.
+        const std::pair<const char*, double> gns[] = {
+            {"optim/noise_scale", noise_scale.noise_scale()},
+            {"optim/gns_grad_sq", noise_scale.grad_sq()},
+            {"optim/gns_trace", noise_scale.trace()},
+        };
+        for (const auto& [key, value] : gns) {
+          if (std::isfinite(value)) record[key] = value;
+        }
+      }
+      if (absl::Status s = emit(std::move(record)); !s.ok()) return s;
       spdlog::info("step {:>6}/{}  loss {:.4f}  grad {:.3e}  lr {:.3e}  wps {:.0f}", global_step,
                    config.steps, loss_value, grad_norm, lr, tokens_since_log / std::max(elapsed, 1e-9));
       tokens_since_log = 0;
       last_log = Clock::now();
     }
     if (config.eval.every > 0 && global_step % config.eval.every == 0) {
-      absl::StatusOr<double> val = Evaluate(config, model, device);
+      absl::StatusOr<double> val = Evaluate(config, model, device, comm.get());
       if (!val.ok()) return val.status();
-      if (absl::Status s = (*metrics)->Write({{"global_step", global_step}, {"loss/val", *val}}); !s.ok()) return s;
-      spdlog::info("step {:>6}  val loss {:.4f}", global_step, *val);
+      if (absl::Status s = emit({{"global_step", global_step}, {"loss/val", *val}}); !s.ok()) return s;
+      if (writer) spdlog::info("step {:>6}  val loss {:.4f}", global_step, *val);
       last_eval = global_step;
     }
     if (config.checkpoint.every > 0 && global_step % config.checkpoint.every == 0) {
-      absl::StatusOr<std::string> path = save();
-      if (!path.ok()) return path.status();
-      last_saved = global_step;
-      last_checkpoint = *path;
-      // A worker reports it to sweepd, so that a requeued attempt resumes from here.
-      if (absl::Status s = (*metrics)->Write({{"event", "checkpoint"},
-                                              {"global_step", global_step},
-                                              {"checkpoint", *path}});
-          !s.ok()) {
-        return s;
+      if (writer) {
+        absl::StatusOr<std::string> path = save();
+        if (!path.ok()) return path.status();
+        last_checkpoint = *path;
+        // A worker reports it to sweepd, so that a requeued attempt resumes from here.
+        if (absl::Status s = emit({{"event", "checkpoint"},
+                                   {"global_step", global_step},
+                                   {"checkpoint", *path}});
+            !s.ok()) {
+          return s;
+        }
       }
+      last_saved = global_step;
+    }
+    if (stop_agreed && progress.step < config.steps) {
+      // Some rank was signalled before this step's all-reduce: all stop after this step.
+      // Rank 0 writes the checkpoint (unless this step's is already written); every rank
+      // waits for it, so none reports a preemption whose checkpoint is missing.
+      const int sig = g_stop_signal.load();  // 0 here: only another rank was signalled.
+      absl::StatusOr<std::string> path = last_checkpoint;
+      if (writer && last_saved != progress.step) path = save();
+      if (absl::Status s = agree(path.ok(), "the preemption checkpoint"); !s.ok()) {
+        return path.ok() ? s : path.status();
+      }
+      if (writer) {
+        spdlog::warn("signal {}: checkpoint {} written, all {} ranks stop at step {}", sig, *path,
+                     world_size, progress.step);
+        if (absl::Status s = emit({{"event", "preempted"},
+                                   {"global_step", progress.step},
+                                   {"signal", sig},
+                                   {"checkpoint", *path}});
+            !s.ok()) {
+          return s;
+        }
+      } else {
+        spdlog::warn("stopping at step {} with the other ranks", progress.step);
+      }
+      return TrainOutcome::kPreempted;
     }
   }
 
   nlohmann::json done = {{"event", "completed"}, {"global_step", progress.step}};
   if (has_val && last_eval != progress.step) {
-    absl::StatusOr<double> val = Evaluate(config, model, device);
+    absl::StatusOr<double> val = Evaluate(config, model, device, comm.get());
     if (!val.ok()) return val.status();
-    if (absl::Status s = (*metrics)->Write({{"global_step", progress.step}, {"loss/val", *val}}); !s.ok()) return s;
-    spdlog::info("final val loss {:.4f}", *val);
+    if (absl::Status s = emit({{"global_step", progress.step}, {"loss/val", *val}}); !s.ok()) return s;
+    if (writer) spdlog::info("final val loss {:.4f}", *val);
   }
-  if (last_saved != progress.step) {
+  if (writer && last_saved != progress.step) {
     absl::StatusOr<std::string> path = save();
-    if (!path.ok()) return path.status();
+    if (!path.ok()) {
+      (void)agree(false, "the final checkpoint");
+      return path.status();
+    }
     last_checkpoint = *path;
   }
+  if (absl::Status s = agree(true, "the final checkpoint"); !s.ok()) return s;
   done["checkpoint"] = last_checkpoint;
-  if (absl::Status s = (*metrics)->Write(std::move(done)); !s.ok()) return s;
+  if (absl::Status s = emit(std::move(done)); !s.ok()) return s;
   return TrainOutcome::kCompleted;
 }
 
