@@ -5,7 +5,10 @@
 //
 // Each rank gets threads=1, so the two ranks share the machine's 2 cores.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -358,6 +361,44 @@ TEST_F(DataParallelTest, MissingPeerFailsTheRendezvousAfterTheTimeout) {
   EXPECT_NE(ReadFileOrEmpty(Log(run, 0)).find("did not all meet"), std::string::npos)
       << ReadFileOrEmpty(Log(run, 0));
   EXPECT_FALSE(fs::exists(run + "/metrics.jsonl"));
+}
+
+// A free TCP port on loopback (the kernel's choice; closed again before use).
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Without SWEEP_RENDEZVOUS the ranks meet through rank 0's TCPStore (torchrun's MASTER_ADDR
+// and MASTER_PORT) and train exactly as through the file store.
+TEST_F(DataParallelTest, TcpStoreRendezvousTrainsLikeTheFileStore) {
+  const std::string by_file = dir_ + "/file";
+  ASSERT_EQ(RunRanks(by_file, 2, {"steps=12"}), (std::vector<int>{kExitCompleted, kExitCompleted}))
+      << Logs(by_file, 2);
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  const std::string by_tcp = dir_ + "/tcp";
+  std::vector<std::unique_ptr<Subprocess>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    std::vector<std::string> argv = RankArgv(by_tcp, 2, r, "", {"steps=12"});
+    argv[5] = "MASTER_ADDR=127.0.0.1";  // In place of SWEEP_RENDEZVOUS=.
+    argv.insert(argv.begin() + 6, "MASTER_PORT=" + std::to_string(port));
+    argv.insert(argv.begin() + 1, {"-u", "SWEEP_RENDEZVOUS"});
+    ranks.push_back(std::make_unique<Subprocess>(argv, "", Log(by_tcp, r)));
+  }
+  for (auto& rank : ranks) ASSERT_EQ(rank->Wait(), kExitCompleted) << Logs(by_tcp, 2);
+  ExpectSameTrajectory(Records(by_file + "/metrics.jsonl"), Records(by_tcp + "/metrics.jsonl"), 0);
 }
 
 TEST_F(DataParallelTest, BadLaunchEnvironmentIsAUsageError) {
