@@ -1,7 +1,12 @@
 #include "worker/resources.h"
 
+#include <algorithm>
 #include <boost/process.hpp>
+#include <chrono>
+#include <cmath>
+#include <iterator>
 #include <set>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -90,5 +95,65 @@ std::vector<int> DetectGpus() {
 }
 
 std::string JoinGpus(const std::vector<int>& gpus) { return absl::StrJoin(gpus, ","); }
+
+std::vector<size_t> PickGpus(const std::vector<int>& free_shares, int count) {
+  std::vector<size_t> order(free_shares.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return free_shares[a] > free_shares[b]; });
+  if (count < 1 || static_cast<size_t>(count) > order.size() || free_shares[order[count - 1]] <= 0) {
+    return {};
+  }
+  order.resize(count);
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+std::vector<GpuSample> ParseGpuQuery(const std::string& csv) {
+  std::vector<GpuSample> out;
+  for (absl::string_view line : absl::StrSplit(csv, '\n', absl::SkipWhitespace())) {
+    std::vector<absl::string_view> fields = absl::StrSplit(line, ',');
+    if (fields.size() != 3) continue;
+    GpuSample g;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(fields[0]), &g.index) ||
+        !absl::SimpleAtod(absl::StripAsciiWhitespace(fields[1]), &g.memory_used_mib) ||
+        !absl::SimpleAtod(absl::StripAsciiWhitespace(fields[2]), &g.utilization_pct) ||
+        !std::isfinite(g.memory_used_mib) || !std::isfinite(g.utilization_pct)) {
+      continue;
+    }
+    out.push_back(g);
+  }
+  return out;
+}
+
+std::vector<GpuSample> QueryGpus() {
+  const boost::filesystem::path nvidia_smi = bp::search_path("nvidia-smi");
+  if (nvidia_smi.empty()) return {};
+  try {
+    // The output (a line per GPU) fits the pipe: wait first, read after, so a hung
+    // nvidia-smi is killed instead of blocking the read.
+    bp::ipstream out;
+    bp::child child(nvidia_smi, "--query-gpu=index,memory.used,utilization.gpu",
+                    "--format=csv,noheader,nounits", bp::std_out > out, bp::std_err > bp::null,
+                    bp::std_in < bp::null);
+    // Polled rather than child.wait_for(): Boost's wait_for swaps the process's SIGCHLD
+    // handler and waits for the signal, which another thread (the worker's loop reaping
+    // trials) may take first, so each sample took the whole timeout.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    std::error_code ec;
+    while (child.running(ec)) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        child.terminate(ec);
+        return {};
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (ec || child.exit_code() != 0) return {};
+    std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+    return ParseGpuQuery(text);
+  } catch (const std::exception&) {
+    return {};
+  }
+}
 
 }  // namespace sweep::worker

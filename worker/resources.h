@@ -28,6 +28,29 @@ std::vector<int> DetectGpus();
 // "0,1" for {0, 1}: the value of CUDA_VISIBLE_DEVICES and ${gpus}.
 std::string JoinGpus(const std::vector<int>& gpus);
 
+// The GPUs a trial of `count` GPUs gets, as positions in `free_shares` (each GPU's free trial
+// shares, in the worker's order): the `count` GPUs with the most free shares, the first listed
+// on ties, returned in ascending position. sweepd fits leases by the same rule
+// (orchestrator/scheduler.cc TakeGpuShares), so every trial of one lease reply finds its GPUs.
+// Empty when fewer than `count` GPUs have a free share (or count < 1).
+std::vector<size_t> PickGpus(const std::vector<int>& free_shares, int count);
+
+// One GPU in `nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv,noheader,
+// nounits`.
+struct GpuSample {
+  int index = 0;
+  double memory_used_mib = 0;
+  double utilization_pct = 0;
+};
+
+// Parses that output ("0, 1234, 56" per line). Lines it cannot read (a field "[N/A]" or
+// "[Not Supported]", a short line) are skipped.
+std::vector<GpuSample> ParseGpuQuery(const std::string& csv);
+
+// Runs that query (nvidia-smi found on PATH, at most 10 s); {} when nvidia-smi is missing,
+// fails or hangs.
+std::vector<GpuSample> QueryGpus();
+
 }  // namespace sweep::worker
 
 #endif  // SWEEP_WORKER_RESOURCES_H_

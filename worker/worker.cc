@@ -7,10 +7,16 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 #include <chrono>
 #include <cerrno>
+#include <condition_variable>
+#include <mutex>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -103,22 +109,45 @@ struct Pending {
   int64_t step = 0;
 };
 
+// One process of a trial: rank r of a data-parallel trial, or the trial's only process.
+struct Rank {
+  int rank = 0;
+  std::unique_ptr<bp::child> child;
+  pid_t pid = 0;
+  bool exited = false;
+  int exit_code = 0;    // 128 + signal when a signal ended it.
+  int exit_signal = 0;
+  double exited_at = 0;
+
+  bool live() const { return child != nullptr && !exited; }
+  bool failed() const { return exited && (exit_code != 0 || exit_signal != 0); }
+};
+
+// Where rank r's output goes: rank 0 keeps the one-process names.
+std::string RankLog(int rank, const char* stream) {
+  return rank == 0 ? absl::StrCat(stream, ".log") : absl::StrCat("rank", rank, ".", stream, ".log");
+}
+
 struct Trial {
   v1::Lease lease;
   std::string dir;
   bool builtin = true;
   std::vector<int> gpus;
   int cpu_slots = 0;
+  int world_size = 1;
 
-  std::unique_ptr<bp::child> child;
-  pid_t pid = 0;
-  bool exited = false;  // The child was reaped (or never started).
+  std::vector<Rank> ranks;  // Rank r at index r; empty until spawned.
+  bool exited = false;  // Every rank was reaped (or none started).
+  // The trial's exit: that of the first rank to exit non-zero or by a signal (`failed_rank`),
+  // else rank 0's.
   int exit_code = 0;
   int exit_signal = 0;
+  int failed_rank = -1;
   double spawned_at = 0;
   double exited_at = 0;
   std::string start_error;  // Set when the child could not be started.
   nlohmann::json info;      // attempt.json
+  int64_t telemetry_step = 0;  // The step the last GPU telemetry rows went to.
 
   std::unique_ptr<MetricsFile> metrics;
   bool drained = false;  // metrics.jsonl read to its end after the child exited.
@@ -135,7 +164,92 @@ struct Trial {
   Steady::time_point stop_at;
   bool killed = false;
 
-  bool live() const { return child != nullptr && !exited; }
+  bool live() const {
+    for (const Rank& r : ranks) {
+      if (r.live()) return true;
+    }
+    return false;
+  }
+  // Rank 0's pid: the trial's process for logs and one-process tools.
+  pid_t pid() const { return ranks.empty() ? 0 : ranks[0].pid; }
+};
+
+// A TCP port on loopback that was free a moment ago, for MASTER_PORT (torchrun-style
+// rendezvous of command trials); 0 if none could be found.
+int FreeLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+// Samples `nvidia-smi` every `interval` seconds on a thread of its own (a slow or stuck
+// nvidia-smi never holds up the worker's loop). Latest() is the newest sample and its number.
+class GpuTelemetry {
+ public:
+  explicit GpuTelemetry(double interval) : interval_(interval) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~GpuTelemetry() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  GpuTelemetry(const GpuTelemetry&) = delete;
+  GpuTelemetry& operator=(const GpuTelemetry&) = delete;
+
+  // The newest sample (by GPU index) and its sequence number (0: none yet).
+  std::pair<int64_t, std::map<int, GpuSample>> Latest() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {sequence_, latest_};
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      lock.unlock();
+      std::vector<GpuSample> samples = QueryGpus();
+      lock.lock();
+      if (sequence_ == 0 && !reported_) {
+        reported_ = true;
+        if (samples.empty()) {
+          spdlog::warn("GPU telemetry: nvidia-smi gave no reading; trying again every {} s", interval_);
+        } else {
+          spdlog::info("GPU telemetry: {} GPU(s) every {} s", samples.size(), interval_);
+        }
+      }
+      if (!samples.empty()) {
+        latest_.clear();
+        for (const GpuSample& g : samples) latest_[g.index] = g;
+        ++sequence_;
+      }
+      wake_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(interval_ * 1000)),
+                     [this] { return stop_; });
+    }
+  }
+
+  const double interval_;
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  bool stop_ = false;                   // GUARDED_BY(mu_)
+  int64_t sequence_ = 0;                // GUARDED_BY(mu_)
+  bool reported_ = false;               // GUARDED_BY(mu_): the first sample was logged
+  std::map<int, GpuSample> latest_;     // GUARDED_BY(mu_)
+  std::thread thread_;
 };
 
 class Worker {
@@ -152,6 +266,11 @@ class Worker {
     args.SetMaxReceiveMessageSize(64 << 20);
     channel_ = grpc::CreateCustomChannel(options_.orchestrator, Credentials(), args);
     stub_ = v1::Orchestrator::NewStub(channel_);
+    options_.trials_per_gpu = std::max(options_.trials_per_gpu, 1);
+    if (!options_.gpus.empty() && options_.gpu_telemetry_seconds > 0 &&
+        !bp::search_path("nvidia-smi").empty()) {
+      telemetry_ = std::make_unique<GpuTelemetry>(options_.gpu_telemetry_seconds);
+    }
   }
 
   int Run(const std::atomic<bool>& stop, const std::atomic<bool>& hard_stop) {
@@ -174,6 +293,7 @@ class Worker {
       }
       bool finished_one = false;
       for (auto& t : trials_) Supervise(*t);
+      AttachTelemetry();
       if (SecondsSince(last_flush) >= options_.flush_seconds) {
         for (auto& t : trials_) Flush(*t);
         last_flush = Steady::now();
@@ -199,7 +319,7 @@ class Worker {
           for (auto& t : trials_) Kill(*t, SIGKILL);
           return 1;
         }
-      } else if (FreeCpuSlots() > 0 || !FreeGpus().empty()) {
+      } else if (FreeCpuSlots() > 0 || FreeGpuCount() > 0) {
         // Long-poll only when nothing runs (no child to watch meanwhile); otherwise poll at once
         // after a trial ended (the slot's idle gap) and every second.
         if (trials_.empty()) {
@@ -271,7 +391,10 @@ class Worker {
     req.set_gpus(static_cast<int>(options_.gpus.size()));
     req.set_cpu_slots(options_.cpu_slots);
     (*req.mutable_labels())["workdir"] = options_.workdir;
-    if (!options_.gpus.empty()) (*req.mutable_labels())["gpu_indices"] = JoinGpus(options_.gpus);
+    if (!options_.gpus.empty()) {
+      (*req.mutable_labels())["gpu_indices"] = JoinGpus(options_.gpus);
+      (*req.mutable_labels())["trials_per_gpu"] = std::to_string(options_.trials_per_gpu);
+    }
     v1::RegisterWorkerResponse resp;
     grpc::Status s = stub_->RegisterWorker(Ctx().get(), req, &resp);
     if (!s.ok()) {
@@ -279,9 +402,11 @@ class Worker {
       return false;
     }
     worker_id_ = resp.worker_id();
-    spdlog::info("registered as {} (id {}): {} GPU(s) [{}], {} CPU slot(s), workdir {}",
+    spdlog::info("registered as {} (id {}): {} GPU(s) [{}] x {} trial(s) each, {} CPU slot(s), "
+                 "workdir {}{}",
                  options_.name, worker_id_, options_.gpus.size(), JoinGpus(options_.gpus),
-                 options_.cpu_slots, options_.workdir);
+                 options_.trials_per_gpu, options_.cpu_slots, options_.workdir,
+                 telemetry_ ? ", GPU telemetry from nvidia-smi" : "");
     for (const v1::Lease& held : resp.held()) Reconcile(held);
     return true;
   }
@@ -309,20 +434,36 @@ class Worker {
     t->stop_reason = "worker restarted";
     std::ifstream in(t->dir + "/attempt.json");
     nlohmann::json info = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (info.is_object() && info.contains("pid") && info.contains("pid_start_time")) {
-      const pid_t pid = info["pid"].get<pid_t>();
-      const int64_t start = info["pid_start_time"].get<int64_t>();
-      if (ProcessStartTime(pid) == start) {
-        spdlog::warn("trial {} attempt {}: its process {} survived the worker; stopping it",
-                     lease.trial_id(), lease.attempt(), pid);
-        ::kill(-pid, SIGTERM);
-        const Steady::time_point begin = Steady::now();
-        while (ProcessStartTime(pid) == start && SecondsSince(begin) < options_.stop_grace_seconds) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // Every rank's (pid, start time); attempt.json from before ranks names only the one pid.
+    std::vector<std::pair<pid_t, int64_t>> processes;
+    if (info.is_object() && info.contains("ranks") && info["ranks"].is_array()) {
+      for (const nlohmann::json& r : info["ranks"]) {
+        if (r.is_object() && r.contains("pid") && r.contains("pid_start_time") &&
+            r["pid"].is_number_integer() && r["pid_start_time"].is_number_integer()) {
+          processes.emplace_back(r["pid"].get<pid_t>(), r["pid_start_time"].get<int64_t>());
         }
-        if (ProcessStartTime(pid) == start) ::kill(-pid, SIGKILL);
-        t->stop_reason = "worker restarted; its surviving process was stopped";
       }
+    } else if (info.is_object() && info.contains("pid") && info.contains("pid_start_time") &&
+               info["pid"].is_number_integer() && info["pid_start_time"].is_number_integer()) {
+      processes.emplace_back(info["pid"].get<pid_t>(), info["pid_start_time"].get<int64_t>());
+    }
+    auto survivors = [&] {
+      std::vector<pid_t> alive;
+      for (const auto& [pid, start] : processes) {
+        if (pid > 0 && ProcessStartTime(pid) == start) alive.push_back(pid);
+      }
+      return alive;
+    };
+    if (std::vector<pid_t> alive = survivors(); !alive.empty()) {
+      spdlog::warn("trial {} attempt {}: {} of its processes survived the worker; stopping them",
+                   lease.trial_id(), lease.attempt(), alive.size());
+      for (pid_t pid : alive) ::kill(-pid, SIGTERM);
+      const Steady::time_point begin = Steady::now();
+      while (!survivors().empty() && SecondsSince(begin) < options_.stop_grace_seconds) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      for (pid_t pid : survivors()) ::kill(-pid, SIGKILL);
+      t->stop_reason = "worker restarted; its surviving process was stopped";
     }
     t->metrics = std::make_unique<MetricsFile>(t->dir + "/metrics.jsonl");
     spdlog::info("trial {} attempt {}: held from before a restart; delivering what {} holds and "
@@ -337,16 +478,24 @@ class Worker {
     return options_.cpu_slots - used;
   }
 
-  std::vector<int> FreeGpus() const {
-    std::vector<int> free;
+  // Per GPU (options_.gpus order), how many more trials it takes: --trials-per-gpu minus the
+  // live trials on it.
+  std::vector<int> FreeGpuShares() const {
+    std::vector<int> shares;
     for (int gpu : options_.gpus) {
-      bool used = false;
+      int used = 0;
       for (const auto& t : trials_) {
-        if (t->live() && std::find(t->gpus.begin(), t->gpus.end(), gpu) != t->gpus.end()) used = true;
+        if (t->live() && std::find(t->gpus.begin(), t->gpus.end(), gpu) != t->gpus.end()) ++used;
       }
-      if (!used) free.push_back(gpu);
+      shares.push_back(std::max(options_.trials_per_gpu - used, 0));
     }
-    return free;
+    return shares;
+  }
+
+  // GPUs with room for one more trial.
+  int FreeGpuCount() const {
+    const std::vector<int> shares = FreeGpuShares();
+    return static_cast<int>(std::count_if(shares.begin(), shares.end(), [](int s) { return s > 0; }));
   }
 
   void Lease(int wait_ms) {
@@ -354,13 +503,19 @@ class Worker {
       Pause(std::chrono::milliseconds(std::min(wait_ms, 200)));
       return;
     }
-    const int free_gpus = static_cast<int>(FreeGpus().size());
+    const std::vector<int> shares = FreeGpuShares();
+    int free_gpus = 0, free_shares = 0;
+    for (int share : shares) {
+      free_gpus += share > 0 ? 1 : 0;
+      free_shares += share;
+    }
     const int free_cpu = FreeCpuSlots();
     v1::LeaseTrialsRequest req;
     req.set_worker_id(worker_id_);
-    req.set_free_gpus(free_gpus);
+    req.set_free_gpus(free_gpus);  // What an older sweepd reads: one trial per free GPU.
+    for (int share : shares) req.add_free_gpu_shares(share);
     req.set_free_cpu_slots(free_cpu);
-    req.set_max_trials(free_gpus + free_cpu);
+    req.set_max_trials(free_shares + free_cpu);
     req.set_wait_ms(wait_ms);
     v1::LeaseTrialsResponse resp;
     grpc::Status s = stub_->LeaseTrials(Ctx(wait_ms + 10000).get(), req, &resp);
@@ -385,11 +540,16 @@ class Worker {
     t->dir = DirFor(lease);
     t->builtin = lease.command().empty();
     t->cpu_slots = lease.cpu_slots();
-    std::vector<int> free = FreeGpus();
-    if (static_cast<int>(free.size()) < lease.gpus()) {
-      t->start_error = absl::StrCat("worker has ", free.size(), " free GPU(s), lease needs ", lease.gpus());
-    } else {
-      t->gpus.assign(free.begin(), free.begin() + lease.gpus());
+    t->world_size = std::max(lease.ranks(), 1);
+    if (lease.gpus() > 0) {
+      // The trials of one reply fit together (sweepd places them by PickGpus' rule), and each
+      // one started counts against the shares of the next.
+      const std::vector<size_t> picked = PickGpus(FreeGpuShares(), lease.gpus());
+      if (picked.empty()) {
+        t->start_error = absl::StrCat("worker has ", FreeGpuCount(), " GPU(s) with room for another trial, lease needs ",
+                                      lease.gpus());
+      }
+      for (size_t i : picked) t->gpus.push_back(options_.gpus[i]);
     }
     std::error_code ec;
     fs::create_directories(t->dir, ec);
@@ -491,40 +651,102 @@ class Worker {
           program = found.string();
         }
       }
-      auto env = boost::this_process::environment();
-      env["CUDA_VISIBLE_DEVICES"] = JoinGpus(t.gpus);  // Empty: a CPU trial sees no GPU.
-      env["OMP_NUM_THREADS"] = threads;
-      env["MKL_NUM_THREADS"] = threads;
-      env["SWEEP_TRIAL_ID"] = std::to_string(lease.trial_id());
-      env["SWEEP_ATTEMPT"] = std::to_string(lease.attempt());
-      env["SWEEP_TRIAL_DIR"] = t.dir;
-      t.child = std::make_unique<bp::child>(
-          program, bp::args(args), bp::std_out > (t.dir + "/stdout.log"),
-          bp::std_err > (t.dir + "/stderr.log"), bp::std_in < bp::null, bp::start_dir(t.dir), env,
-          SupervisedChild{});
     } catch (const std::exception& e) {
       t.start_error = absl::StrCat("cannot start ", program.empty() ? "the trainer" : program, ": ", e.what());
       return;
     }
-    t.pid = t.child->id();
+    SpawnRanks(t, program, args, threads);
+    if (!t.start_error.empty()) return;
     t.spawned_at = UnixNow();
-    t.metrics = std::make_unique<MetricsFile>(t.dir + "/metrics.jsonl");
+    t.metrics = std::make_unique<MetricsFile>(t.dir + "/metrics.jsonl");  // Rank 0 writes it.
     nlohmann::json argv = nlohmann::json::array({program});
     for (const std::string& a : args) argv.push_back(a);
+    nlohmann::json ranks = nlohmann::json::array();
+    for (const Rank& r : t.ranks) {
+      ranks.push_back({{"rank", r.rank},
+                       {"pid", r.pid},
+                       {"pid_start_time", ProcessStartTime(r.pid)},
+                       {"stdout", RankLog(r.rank, "stdout")},
+                       {"stderr", RankLog(r.rank, "stderr")}});
+    }
     t.info = {{"trial_id", lease.trial_id()},
-                         {"attempt", lease.attempt()},
-                         {"sweep", lease.sweep_name()},
-                         {"worker", options_.name},
-                         {"pid", t.pid},
-                         {"pid_start_time", ProcessStartTime(t.pid)},
-                         {"gpus", t.gpus},
-                         {"argv", argv},
-                         {"spawned_at", t.spawned_at}};
+              {"attempt", lease.attempt()},
+              {"sweep", lease.sweep_name()},
+              {"worker", options_.name},
+              {"pid", t.pid()},  // Rank 0's; every rank's is under "ranks".
+              {"pid_start_time", ranks[0]["pid_start_time"]},
+              {"world_size", t.world_size},
+              {"ranks", ranks},
+              {"gpus", t.gpus},
+              {"argv", argv},
+              {"spawned_at", t.spawned_at}};
     WriteAttemptInfo(t);
-    spdlog::info("trial {} attempt {} ({}) started: pid {}{}, {}", lease.trial_id(),
-                 lease.attempt(), lease.trial_key(), t.pid,
+    spdlog::info("trial {} attempt {} ({}) started: pid {}{}{}, {}", lease.trial_id(),
+                 lease.attempt(), lease.trial_key(), t.pid(),
+                 t.world_size > 1 ? absl::StrCat(" and ", t.world_size - 1, " more rank(s)") : "",
                  t.gpus.empty() ? "" : ", GPUs " + JoinGpus(t.gpus),
                  resume.empty() ? "from scratch" : "resuming from " + resume);
+  }
+
+  // Starts the trial's processes: one, or one per rank with torchrun's environment (WORLD_SIZE,
+  // RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and SWEEP_RENDEZVOUS, the
+  // c10d FileStore file of this attempt (removed first: a store left by an earlier start would
+  // hold its keys). Every rank gets the same argv, all of the trial's GPUs and
+  // threads_per_trial threads; rank r > 0 writes rank<r>.stdout.log and rank<r>.stderr.log.
+  // If a rank cannot be started, those already started are killed and reaped.
+  void SpawnRanks(Trial& t, const std::string& program, const std::vector<std::string>& args,
+                  const std::string& threads) {
+    const v1::Lease& lease = t.lease;
+    const std::string rendezvous = t.dir + "/rendezvous";
+    std::error_code ec;
+    fs::remove(rendezvous, ec);
+    const int master_port = t.world_size > 1 ? FreeLoopbackPort() : 0;
+    for (int r = 0; r < t.world_size; ++r) {
+      Rank rank;
+      rank.rank = r;
+      try {
+        auto env = boost::this_process::environment();
+        env["CUDA_VISIBLE_DEVICES"] = JoinGpus(t.gpus);  // Empty: a CPU trial sees no GPU.
+        env["OMP_NUM_THREADS"] = threads;
+        env["MKL_NUM_THREADS"] = threads;
+        env["SWEEP_TRIAL_ID"] = std::to_string(lease.trial_id());
+        env["SWEEP_ATTEMPT"] = std::to_string(lease.attempt());
+        env["SWEEP_TRIAL_DIR"] = t.dir;
+        if (t.world_size > 1) {
+          env["WORLD_SIZE"] = std::to_string(t.world_size);
+          env["RANK"] = std::to_string(r);
+          env["LOCAL_RANK"] = std::to_string(r);
+          env["LOCAL_WORLD_SIZE"] = std::to_string(t.world_size);
+          env["SWEEP_RENDEZVOUS"] = rendezvous;
+          env["MASTER_ADDR"] = "127.0.0.1";
+          env["MASTER_PORT"] = std::to_string(master_port);
+        } else {
+          // A one-process trial is not distributed, whatever the worker's own environment
+          // (started by torchrun or Slurm) says.
+          for (const char* name : {"WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                                   "SWEEP_RENDEZVOUS", "MASTER_ADDR", "MASTER_PORT"}) {
+            if (env.find(name) != env.end()) env.erase(name);
+          }
+        }
+        rank.child = std::make_unique<bp::child>(
+            program, bp::args(args), bp::std_out > (t.dir + "/" + RankLog(r, "stdout")),
+            bp::std_err > (t.dir + "/" + RankLog(r, "stderr")), bp::std_in < bp::null,
+            bp::start_dir(t.dir), env, SupervisedChild{});
+        rank.pid = rank.child->id();
+      } catch (const std::exception& e) {
+        t.start_error = absl::StrCat("cannot start ", program,
+                                     t.world_size > 1 ? absl::StrCat(" (rank ", r, ")") : "",
+                                     ": ", e.what());
+        for (Rank& started : t.ranks) {
+          ::kill(-started.pid, SIGKILL);
+          std::error_code wait_ec;
+          started.child->wait(wait_ec);
+          started.exited = true;
+        }
+        return;
+      }
+      t.ranks.push_back(std::move(rank));
+    }
   }
 
   // attempt.json: who ran the attempt and how it ended (read after a restart and by tools).
@@ -536,8 +758,11 @@ class Worker {
     fs::rename(tmp, t.dir + "/attempt.json", ec);
   }
 
+  // Signals the process group of every rank still running.
   void Kill(Trial& t, int sig) {
-    if (t.live() && t.pid > 0) ::kill(-t.pid, sig);
+    for (Rank& r : t.ranks) {
+      if (r.live() && r.pid > 0) ::kill(-r.pid, sig);
+    }
   }
 
   void RequestStop(Trial& t, Stop why, const std::string& reason) {
@@ -560,27 +785,58 @@ class Worker {
     t.pending.clear();
   }
 
-  // Reaps an exited child, escalates a stop past its grace period, reads new metric lines.
+  // Reaps exited ranks, takes the trial down when one fails, escalates a stop past its grace
+  // period, reads new metric lines.
   void Supervise(Trial& t) {
     if (t.live()) {
-      std::error_code ec;
-      if (!t.child->running(ec)) {
-        const int status = t.child->native_exit_code();
+      for (Rank& r : t.ranks) {
+        std::error_code ec;
+        if (!r.live() || r.child->running(ec)) continue;
+        const int status = r.child->native_exit_code();
+        r.exited = true;
+        r.exited_at = UnixNow();
+        if (WIFSIGNALED(status)) {
+          r.exit_signal = WTERMSIG(status);
+          r.exit_code = 128 + r.exit_signal;
+        } else {
+          r.exit_code = WEXITSTATUS(status);
+        }
+        if (!t.info.is_null() && t.info["ranks"].size() > static_cast<size_t>(r.rank)) {
+          nlohmann::json& rank_info = t.info["ranks"][r.rank];
+          rank_info["exited_at"] = r.exited_at;
+          rank_info["exit_code"] = r.exit_code;
+          if (r.exit_signal) rank_info["exit_signal"] = r.exit_signal;
+        }
+        if (r.failed() && t.failed_rank < 0) {
+          // The first rank to fail decides the trial's exit. The others would wait in their
+          // next collective: stop them now (SIGTERM: rank 0 may still checkpoint).
+          t.failed_rank = r.rank;
+          if (t.live()) {
+            if (t.stop == Stop::kNone) {
+              spdlog::warn("trial {} attempt {}: rank {} {}; stopping the other rank(s)",
+                           t.lease.trial_id(), t.lease.attempt(), r.rank,
+                           r.exit_signal ? absl::StrCat("was killed by signal ", r.exit_signal)
+                                         : absl::StrCat("exited with status ", r.exit_code));
+              t.stop_at = Steady::now();
+              Kill(t, SIGTERM);
+            }
+          }
+        }
+      }
+      if (!t.live()) {
+        const Rank& decisive = t.ranks[t.failed_rank >= 0 ? t.failed_rank : 0];
         t.exited = true;
         t.exited_at = UnixNow();
-        if (WIFSIGNALED(status)) {
-          t.exit_signal = WTERMSIG(status);
-          t.exit_code = 128 + t.exit_signal;
-        } else {
-          t.exit_code = WEXITSTATUS(status);
-        }
+        t.exit_code = decisive.exit_code;
+        t.exit_signal = decisive.exit_signal;
         if (!t.info.is_null()) {
           t.info["exited_at"] = t.exited_at;
           t.info["exit_code"] = t.exit_code;
           if (t.exit_signal) t.info["exit_signal"] = t.exit_signal;
+          if (t.world_size > 1 && t.failed_rank >= 0) t.info["failed_rank"] = t.failed_rank;
           WriteAttemptInfo(t);
         }
-      } else if (t.stop != Stop::kNone && !t.killed &&
+      } else if ((t.stop != Stop::kNone || t.failed_rank >= 0) && !t.killed &&
                  SecondsSince(t.stop_at) > options_.stop_grace_seconds) {
         spdlog::warn("trial {}: no exit {} s after SIGTERM; SIGKILL", t.lease.trial_id(),
                      options_.stop_grace_seconds);
@@ -645,6 +901,39 @@ class Worker {
     p.metric.set_value(row.value);
     p.metric.set_time(now);
     t.pending.push_back(std::move(p));
+  }
+
+  // GPU telemetry: on each new nvidia-smi sample, every running GPU trial that reached a step
+  // beyond the one its last telemetry went to gets `gpu/mem_used_mib` (memory in use, summed
+  // over its GPUs) and `gpu/util_pct` (utilisation, the mean over its GPUs) at its latest step,
+  // through the same queue as the trainer's rows. One row per name and step: sweepd keeps the
+  // first row of a (trial, name, step), so a second sample at the same step is not sent. With
+  // several trials on a GPU, each sees the whole GPU's figures (nvidia-smi's per-GPU query).
+  void AttachTelemetry() {
+    if (!telemetry_) return;
+    auto [sequence, sample] = telemetry_->Latest();
+    if (sequence == telemetry_sequence_) return;
+    telemetry_sequence_ = sequence;
+    const double now = UnixNow();
+    for (auto& t : trials_) {
+      if (!t->live() || t->gpus.empty() || t->stop == Stop::kLeaseLost ||
+          t->step <= t->telemetry_step) {
+        continue;
+      }
+      double memory = 0, utilization = 0;
+      size_t seen = 0;
+      for (int gpu : t->gpus) {
+        auto it = sample.find(gpu);
+        if (it == sample.end()) continue;
+        memory += it->second.memory_used_mib;
+        utilization += it->second.utilization_pct;
+        ++seen;
+      }
+      if (seen == 0) continue;
+      t->telemetry_step = t->step;
+      Queue(*t, {"gpu/mem_used_mib", t->step, memory}, now);
+      Queue(*t, {"gpu/util_pct", t->step, utilization / static_cast<double>(seen)}, now);
+    }
   }
 
   // The trainer resumed at `step` from `checkpoint`, in an earlier attempt's folder. That
@@ -809,9 +1098,12 @@ class Worker {
       *error = "sweep-train was preempted (a stop signal from outside the worker)";
       return O::RELEASED;
     }
-    *error = (t.exit_signal ? absl::StrCat("killed by signal ", t.exit_signal)
+    // A data-parallel trial names the rank that failed first, with its own stderr.
+    const int rank = std::max(t.failed_rank, 0);
+    *error = (t.world_size > 1 ? absl::StrCat("rank ", rank, " of ", t.world_size, " ") : "") +
+             (t.exit_signal ? absl::StrCat("killed by signal ", t.exit_signal)
                             : absl::StrCat("exited with status ", t.exit_code)) +
-             "; stderr: " + Tail(t.dir + "/stderr.log", 2000);
+             "; stderr: " + Tail(t.dir + "/" + RankLog(rank, "stderr"), 2000);
     return O::FAILED;
   }
 
@@ -854,6 +1146,8 @@ class Worker {
   std::unique_ptr<v1::Orchestrator::Stub> stub_;
   int64_t worker_id_ = 0;
   std::vector<std::unique_ptr<Trial>> trials_;
+  std::unique_ptr<GpuTelemetry> telemetry_;  // Null without GPUs or nvidia-smi.
+  int64_t telemetry_sequence_ = 0;           // The sample AttachTelemetry last used.
   Steady::time_point retry_at_;
   double backoff_ = 0;
 };

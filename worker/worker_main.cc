@@ -1,8 +1,9 @@
 // sweep-worker: runs the trials sweepd hands out, each as its own sweep-train process.
 //
 //   sweep-worker --orchestrator HOST:PORT [--name NAME] [--workdir DIR] [--gpus LIST|auto|none]
-//                [--cpu-slots N] [--threads-per-trial N] [--token-file F] [--tls-ca PEM]
-//                [--stop-grace S] [--sweep-train PATH]
+//                [--trials-per-gpu K] [--gpu-telemetry S] [--cpu-slots N]
+//                [--threads-per-trial N] [--token-file F] [--tls-ca PEM] [--stop-grace S]
+//                [--sweep-train PATH]
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -42,7 +43,8 @@ int main(int argc, char** argv) {
       "with a checkpoint and hands them back to sweepd; a second SIGTERM kills them.\n\n"
       "Examples:\n"
       "  sweep-worker --orchestrator 127.0.0.1:7070 --cpu-slots 2 --threads-per-trial 1\n"
-      "  sweep-worker --orchestrator head:7070 --token-file ~/.sweep/token --gpus auto\n\n"
+      "  sweep-worker --orchestrator head:7070 --token-file ~/.sweep/token --gpus auto\n"
+      "  sweep-worker --orchestrator head:7070 --gpus 0,1 --trials-per-gpu 4   # small trials\n\n"
       "Exit codes: 0 clean stop, 1 trials could not be handed back in time, 2 usage,\n"
       "130 killed by a second signal.",
       "sweep-worker"};
@@ -55,10 +57,21 @@ int main(int argc, char** argv) {
   app.add_option("--gpus", gpus,
                  "GPUs to hand out: auto (those nvidia-smi lists), none, or indices like 0,1,3")
       ->capture_default_str();
+  app.add_option("--trials-per-gpu", options.trials_per_gpu,
+                 "Trials one GPU may hold at once (several small trials share a GPU); a trial "
+                 "of g GPUs takes a share of g distinct GPUs")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--gpu-telemetry", options.gpu_telemetry_seconds,
+                 "Seconds between nvidia-smi samples of each GPU trial's memory and utilisation "
+                 "(metrics gpu/mem_used_mib, gpu/util_pct); 0: off")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--cpu-slots", cpu_slots,
                  "CPU trials run at once (default: 1 without GPUs, 0 with GPUs)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--threads-per-trial", options.threads_per_trial, "Intra-op threads per trial")
+  app.add_option("--threads-per-trial", options.threads_per_trial,
+                 "Intra-op threads per trial process (each rank of a data-parallel trial)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--token-file", token_file, "Token for sweepd (authorization: Bearer)")
