@@ -9,7 +9,10 @@
 //     lost or run twice;
 //   * command trials (a Lingua-like script) report Lingua's metrics; a crashing command is
 //     retried up to max_attempts, then fails with its stderr;
-//   * GPUs are handed out one trial at a time (CUDA_VISIBLE_DEVICES, ${gpus});
+//   * GPUs are handed out one trial at a time (CUDA_VISIBLE_DEVICES, ${gpus}), or up to
+//     --trials-per-gpu at once, with GPU telemetry from nvidia-smi (a stand-in script here);
+//   * a data-parallel trial runs a process per rank with torchrun's environment; a rank that
+//     crashes fails the attempt, the other ranks are stopped, and the retry completes;
 //   * cancel stops a trial with a checkpoint; SIGTERM hands running trials back; no process
 //     outlives the worker; a restarted worker releases what it held at once.
 #include <grpcpp/grpcpp.h>
@@ -17,8 +20,11 @@
 #include <signal.h>
 #include <sqlite3.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <iostream>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -359,6 +365,254 @@ resources: {gpus_per_trial: 1}
       if (overlap) EXPECT_NE(spans[i].gpu, spans[j].gpu) << "two trials shared GPU " << spans[i].gpu;
     }
   }
+}
+
+// The command of tests/worker/fixtures/ranks_train.py, a data-parallel stand-in.
+std::string RanksCommand() {
+  return std::string("[/usr/bin/python3, \"") + SWEEP_SOURCE_DIR +
+         "/tests/worker/fixtures/ranks_train.py\", \"config=${config}\"]";
+}
+
+// When each attempt of a sweep ran (attempt.json) and on which GPUs (what its rank 0 saw).
+struct Span {
+  double begin, end;
+  std::string gpus;
+  std::string trial;
+};
+
+TEST_F(WorkerE2eTest, DataParallelCommandTrialsRunEveryRankAndARankCrashFailsTheAttempt) {
+  StartSweepd(10);
+  Submit("name: ranks\nmethod: grid\nmetric: {name: loss/out, goal: minimize}\n"
+         "trainer: {command: " + RanksCommand() + "}\n" + R"(base: {steps: 40, step_seconds: 0.05, crash_step: 3, stubborn: 1}
+parameters:
+  crash_rank: {values: [-1, 1]}
+resources: {ranks_per_trial: 2}
+max_attempts: 2
+)");
+  // 3 CPU slots hold one 2-rank trial at a time (a rank takes cpu_slots_per_trial, 1).
+  StartWorker("w1", {"--cpu-slots", "3", "--stop-grace", "1"});
+  ASSERT_TRUE(SweepEnds("ranks", seconds(90)));
+  const std::string healthy = Db("SELECT id FROM trials WHERE trial_key = 'crash_rank=-1'");
+  const std::string crashed = Db("SELECT id FROM trials WHERE trial_key = 'crash_rank=1'");
+  EXPECT_EQ(Db("SELECT state || '/' || attempt FROM trials WHERE id = " + healthy), "completed/1");
+  EXPECT_EQ(Db("SELECT state || '/' || attempt FROM trials WHERE id = " + crashed), "completed/2");
+  EXPECT_EQ(Db("SELECT cpu_slots FROM workers"), "3");
+
+  // Every rank got torchrun's environment, the same argv and one thread; one port for all.
+  const std::string attempt = dir_ + "/work/ranks/" + healthy + "/attempt-1";
+  nlohmann::json info = nlohmann::json::parse(ReadFileOrEmpty(attempt + "/attempt.json"));
+  EXPECT_EQ(info["world_size"], 2);
+  ASSERT_EQ(info["ranks"].size(), 2u);
+  std::set<std::string> ports;
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    nlohmann::json env =
+        nlohmann::json::parse(ReadFileOrEmpty(attempt + "/rank" + std::to_string(r) + ".env.json"));
+    EXPECT_EQ(env["WORLD_SIZE"], "2");
+    EXPECT_EQ(env["RANK"], std::to_string(r));
+    EXPECT_EQ(env["LOCAL_RANK"], std::to_string(r));
+    EXPECT_EQ(env["LOCAL_WORLD_SIZE"], "2");
+    EXPECT_EQ(env["MASTER_ADDR"], "127.0.0.1");
+    EXPECT_EQ(env["SWEEP_RENDEZVOUS"], attempt + "/rendezvous");
+    EXPECT_EQ(env["rendezvous_existed"], false);
+    EXPECT_EQ(env["CUDA_VISIBLE_DEVICES"], "");
+    EXPECT_EQ(env["OMP_NUM_THREADS"], "1");
+    EXPECT_EQ(env["argv"], nlohmann::json::array({"config=" + attempt + "/config.yaml"}));
+    EXPECT_EQ(env["pid"], info["ranks"][r]["pid"]);
+    EXPECT_EQ(info["ranks"][r]["exit_code"], 0);
+    ports.insert(env["MASTER_PORT"].get<std::string>());
+  }
+  ASSERT_EQ(ports.size(), 1u);
+  EXPECT_GT(std::stoi(*ports.begin()), 0);
+  // Rank 0 keeps stdout.log and stderr.log; rank 1 has its own.
+  EXPECT_NE(ReadFileOrEmpty(attempt + "/stdout.log").find("rank 0 says hello on stdout"), std::string::npos);
+  EXPECT_NE(ReadFileOrEmpty(attempt + "/stderr.log").find("rank 0 says hello on stderr"), std::string::npos);
+  EXPECT_NE(ReadFileOrEmpty(attempt + "/rank1.stdout.log").find("rank 1 says hello on stdout"), std::string::npos);
+  EXPECT_NE(ReadFileOrEmpty(attempt + "/rank1.stderr.log").find("rank 1 says hello on stderr"), std::string::npos);
+  EXPECT_EQ(ReadFileOrEmpty(attempt + "/stdout.log").find("rank 1"), std::string::npos);
+  // Only rank 0's metrics, every step once.
+  EXPECT_EQ(Db("SELECT COUNT(*) || '/' || MIN(step) || '/' || MAX(step) FROM metrics WHERE name = "
+               "'loss/out' AND trial_id = " + healthy),
+            "40/1/40");
+
+  // Rank 1 crashed in attempt 1: the attempt failed with its number and its stderr, rank 0
+  // (which ignores SIGTERM) was SIGKILLed after --stop-grace, and attempt 2 completed.
+  const std::string errors = Db("SELECT attempt_errors FROM trials WHERE id = " + crashed);
+  EXPECT_NE(errors.find("rank 1 of 2 exited with status 1"), std::string::npos) << errors;
+  EXPECT_NE(errors.find("rank 1 crashed at step 3"), std::string::npos) << errors;
+  const std::string failed_attempt = dir_ + "/work/ranks/" + crashed + "/attempt-1";
+  nlohmann::json failed = nlohmann::json::parse(ReadFileOrEmpty(failed_attempt + "/attempt.json"));
+  EXPECT_EQ(failed["failed_rank"], 1);
+  EXPECT_EQ(failed["exit_code"], 1);
+  EXPECT_EQ(failed["outcome"], "FAILED");
+  EXPECT_EQ(failed["ranks"][1]["exit_code"], 1);
+  EXPECT_EQ(failed["ranks"][0]["exit_signal"], SIGKILL);
+  const double killed_after = failed["ranks"][0]["exited_at"].get<double>() -
+                              failed["ranks"][1]["exited_at"].get<double>();
+  EXPECT_GE(killed_after, 0.9);
+  EXPECT_LT(killed_after, 10);
+  EXPECT_EQ(Db("SELECT COUNT(*) || '/' || MAX(step) FROM metrics WHERE name = 'loss/out' AND trial_id = " + crashed),
+            "40/40");
+
+  // One 2-rank trial at a time on 3 slots.
+  std::vector<Span> spans;
+  for (const std::string& dir : {attempt, failed_attempt, dir_ + "/work/ranks/" + crashed + "/attempt-2"}) {
+    nlohmann::json i = nlohmann::json::parse(ReadFileOrEmpty(dir + "/attempt.json"));
+    spans.push_back({i["spawned_at"], i["exited_at"], "", dir});
+  }
+  for (size_t i = 0; i < spans.size(); ++i) {
+    for (size_t j = i + 1; j < spans.size(); ++j) {
+      EXPECT_FALSE(spans[i].begin < spans[j].end && spans[j].begin < spans[i].end)
+          << spans[i].trial << " and " << spans[j].trial << " ran at once on 3 slots";
+    }
+  }
+  EXPECT_EQ(sweep::testing::LiveProcessesMentioning(dir_ + "/work/ranks"), 0)
+      << "a rank outlived its trial";
+}
+
+// sweep-train's own data-parallel trial (Gloo over a FileStore in the attempt folder): it
+// completes with every step stored once; SIGKILL one rank and the attempt fails naming it,
+// the other rank is stopped, and the next attempt resumes from the checkpoint.
+TEST_F(WorkerE2eTest, ABuiltinTwoRankTrialCompletesAndResumesAfterARankIsKilled) {
+  StartSweepd(10);
+  Submit(BuiltinSpec("dp", 200, "3.0e-3", "resources: {ranks_per_trial: 2}\nmax_attempts: 3\n"));
+  StartWorker("w1", {"--cpu-slots", "2", "--stop-grace", "5"});
+  const std::string trial = Db("SELECT id FROM trials");
+  ASSERT_TRUE(WaitFor([&] { return Db("SELECT checkpoint_step >= 40 FROM trials") == "1"; }, seconds(120)));
+  const std::string attempt = dir_ + "/work/dp/" + trial + "/attempt-1";
+  nlohmann::json info = nlohmann::json::parse(ReadFileOrEmpty(attempt + "/attempt.json"));
+  ASSERT_EQ(info["ranks"].size(), 2u);
+  ASSERT_EQ(Db("SELECT attempt || '/' || (state = 'running') FROM trials"), "1/1") << "finished too soon";
+  ::kill(info["ranks"][1]["pid"].get<pid_t>(), SIGKILL);
+  ASSERT_TRUE(SweepEnds("dp", seconds(180)));
+  EXPECT_EQ(Db("SELECT state || '/' || attempt FROM trials"), "completed/2");
+  const std::string errors = Db("SELECT attempt_errors FROM trials");
+  EXPECT_NE(errors.find("rank 1 of 2 killed by signal 9"), std::string::npos) << errors;
+  EXPECT_NE(Db("SELECT detail FROM events WHERE kind = 'leased' ORDER BY id DESC LIMIT 1").find("resumes from"),
+            std::string::npos);
+  nlohmann::json failed = nlohmann::json::parse(ReadFileOrEmpty(attempt + "/attempt.json"));
+  EXPECT_EQ(failed["failed_rank"], 1);
+  EXPECT_TRUE(fs::exists(attempt + "/rank1.stderr.log"));
+  // Every step once, from rank 0 alone.
+  EXPECT_EQ(Db("SELECT COUNT(*) || '/' || MIN(step) || '/' || MAX(step) FROM metrics WHERE name = 'loss/out'"),
+            "200/1/200");
+  EXPECT_EQ(sweep::testing::LiveProcessesMentioning(dir_ + "/work/dp"), 0) << "a rank outlived its trial";
+}
+
+// A stand-in nvidia-smi for the telemetry query (GPU 0: 1000 MiB, 50 %; GPU 1: 2000 MiB,
+// 70 %), first on PATH while a worker starts. The hardware is fake, the worker is not.
+class FakeNvidiaSmi {
+ public:
+  explicit FakeNvidiaSmi(const std::string& dir) : dir_(dir) {
+    fs::create_directories(dir_);
+    std::ofstream(dir_ + "/nvidia-smi")
+        << "#!/bin/sh\n"
+           "[ \"$1\" = --query-gpu=index,memory.used,utilization.gpu ] || exit 9\n"
+           "echo '0, 1000, 50'\necho '1, 2000, 70'\n";
+    fs::permissions(dir_ + "/nvidia-smi", fs::perms::owner_all);
+    saved_ = getenv("PATH");
+    setenv("PATH", (dir_ + ":" + saved_).c_str(), 1);
+  }
+  ~FakeNvidiaSmi() { setenv("PATH", saved_.c_str(), 1); }
+
+ private:
+  std::string dir_, saved_;
+};
+
+TEST_F(WorkerE2eTest, SeveralTrialsShareAGpuUpToTrialsPerGpuWithTelemetry) {
+  StartSweepd(10);
+  Submit("name: share\nmethod: grid\nmetric: {name: loss/out, goal: minimize}\n"
+         "trainer: {command: " + RanksCommand() + "}\n" + R"(base: {steps: 20, step_seconds: 0.05}
+parameters:
+  seed: {values: [1, 2, 3, 4, 5, 6, 7, 8]}
+resources: {gpus_per_trial: 1}
+)");
+  const auto begin = std::chrono::steady_clock::now();
+  {
+    FakeNvidiaSmi smi(dir_ + "/fake-bin");
+    StartWorker("w-gpu", {"--gpus", "0,1", "--trials-per-gpu", "2", "--cpu-slots", "0",
+                          "--gpu-telemetry", "0.2"});
+  }
+  ASSERT_TRUE(SweepEnds("share", seconds(90)));
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  EXPECT_EQ(Db("SELECT labels ->> 'trials_per_gpu' FROM workers"), "2");
+  std::vector<Span> spans;
+  for (const auto& trial : fs::directory_iterator(dir_ + "/work/share")) {
+    const std::string attempt = trial.path().string() + "/attempt-1";
+    nlohmann::json env = nlohmann::json::parse(ReadFileOrEmpty(attempt + "/rank0.env.json"));
+    nlohmann::json info = nlohmann::json::parse(ReadFileOrEmpty(attempt + "/attempt.json"));
+    EXPECT_EQ(env["WORLD_SIZE"], nullptr);  // One GPU: one process, not distributed.
+    spans.push_back({info["spawned_at"], info["exited_at"], env["CUDA_VISIBLE_DEVICES"],
+                     trial.path().filename().string()});
+  }
+  ASSERT_EQ(spans.size(), 8u);
+  // At each trial's start, the trials running on its GPU (itself included): never above 2,
+  // and 2 at some point (the GPU was shared).
+  int most_on_a_gpu = 0, most_at_once = 0;
+  for (const Span& s : spans) {
+    int on_gpu = 0, at_once = 0;
+    for (const Span& o : spans) {
+      if (o.begin <= s.begin && s.begin < o.end) {
+        ++at_once;
+        if (o.gpus == s.gpus) ++on_gpu;
+      }
+    }
+    EXPECT_LE(on_gpu, 2) << "GPU " << s.gpus << " held " << on_gpu << " trials at once";
+    most_on_a_gpu = std::max(most_on_a_gpu, on_gpu);
+    most_at_once = std::max(most_at_once, at_once);
+    EXPECT_TRUE(s.gpus == "0" || s.gpus == "1") << s.gpus;
+  }
+  EXPECT_EQ(most_on_a_gpu, 2);
+  std::cout << "8 one-second trials on 2 GPUs x 2: " << elapsed << " s, at most " << most_at_once
+            << " at once\n";
+  // Telemetry: the GPU's figures at steps the trial reported, at least once per trial.
+  for (const Span& s : spans) {
+    SCOPED_TRACE("trial " + s.trial + " on GPU " + s.gpus);
+    EXPECT_EQ(Db("SELECT COUNT(*) > 0 FROM metrics WHERE name = 'gpu/mem_used_mib' AND trial_id = " + s.trial), "1");
+    EXPECT_EQ(Db("SELECT COUNT(DISTINCT value) || '/' || MIN(value) FROM metrics WHERE name = 'gpu/mem_used_mib' "
+                 "AND trial_id = " + s.trial),
+              s.gpus == "0" ? "1/1000.0" : "1/2000.0");
+    EXPECT_EQ(Db("SELECT COUNT(DISTINCT value) || '/' || MIN(value) FROM metrics WHERE name = 'gpu/util_pct' "
+                 "AND trial_id = " + s.trial),
+              s.gpus == "0" ? "1/50.0" : "1/70.0");
+  }
+  EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics g WHERE g.name LIKE 'gpu/%' AND NOT EXISTS (SELECT 1 "
+               "FROM metrics m WHERE m.trial_id = g.trial_id AND m.name = 'loss/out' AND m.step = g.step)"),
+            "0");
+  EXPECT_EQ(Db("SELECT COUNT(*) FROM (SELECT trial_id, step FROM metrics WHERE name LIKE 'gpu/%' "
+               "GROUP BY trial_id, step HAVING COUNT(*) != 2)"),
+            "0");
+}
+
+TEST_F(WorkerE2eTest, ATwoGpuTrialRunsARankPerGpuAndReportsItsGpusTelemetry) {
+  StartSweepd(10);
+  Submit("name: wide\nmethod: grid\nmetric: {name: loss/out, goal: minimize}\n"
+         "trainer: {command: " + RanksCommand() + "}\n" + R"(base: {steps: 30, step_seconds: 0.05}
+parameters:
+  seed: {values: [1]}
+resources: {gpus_per_trial: 2}
+)");
+  {
+    FakeNvidiaSmi smi(dir_ + "/fake-bin");
+    StartWorker("w-gpu", {"--gpus", "0,1", "--cpu-slots", "0", "--gpu-telemetry", "0.2"});
+  }
+  ASSERT_TRUE(SweepEnds("wide", seconds(60)));
+  const std::string trial = Db("SELECT id FROM trials");
+  EXPECT_EQ(Db("SELECT state FROM trials"), "completed");
+  const std::string attempt = dir_ + "/work/wide/" + trial + "/attempt-1";
+  for (int r = 0; r < 2; ++r) {
+    nlohmann::json env =
+        nlohmann::json::parse(ReadFileOrEmpty(attempt + "/rank" + std::to_string(r) + ".env.json"));
+    EXPECT_EQ(env["CUDA_VISIBLE_DEVICES"], "0,1");  // Rank r uses cuda:LOCAL_RANK.
+    EXPECT_EQ(env["LOCAL_RANK"], std::to_string(r));
+    EXPECT_EQ(env["WORLD_SIZE"], "2");
+  }
+  // Memory summed over the trial's two GPUs, utilisation their mean; one row per step.
+  EXPECT_NE(Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/mem_used_mib'"), "0");
+  EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/mem_used_mib' AND value != 3000"), "0");
+  EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/util_pct' AND value != 60"), "0");
+  EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/util_pct'"),
+            Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/mem_used_mib'"));
 }
 
 TEST_F(WorkerE2eTest, CancelStopsWithACheckpointAndShutdownHandsTrialsBack) {
