@@ -115,8 +115,15 @@ class CudaAutocast {
 torch::Tensor ToTensor(const std::vector<int64_t>& tokens, int batch, int seq_len, int rank,
                        torch::Device device) {
   int64_t* rows = const_cast<int64_t*>(tokens.data()) + static_cast<size_t>(rank) * batch * (seq_len + 1);
-  return torch::from_blob(rows, {batch, seq_len + 1}, torch::kInt64)
-      .to(device, /*non_blocking=*/false, /*copy=*/true);
+  torch::Tensor host = torch::from_blob(rows, {batch, seq_len + 1}, torch::kInt64);
+  if (!device.is_cuda()) return host.to(device, /*non_blocking=*/false, /*copy=*/true);
+  // A copy from pageable memory would wait for the GPU to drain; from pinned memory it is
+  // queued behind the previous step's kernels (the caching host allocator keeps the buffer
+  // until the copy has run).
+  torch::Tensor pinned = torch::empty({batch, seq_len + 1},
+                                      torch::TensorOptions().dtype(torch::kInt64).pinned_memory(true));
+  pinned.copy_(host);
+  return pinned.to(device, /*non_blocking=*/true);
 }
 
 // The batch stream of the whole world: world_size · data.batch_size windows a step, from
@@ -300,8 +307,28 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
   if (comm != nullptr) {
     if (absl::Status s = CheckRanksAgree(*comm, model, progress.step, device); !s.ok()) return s;
   }
+  const int batch = config.data.batch_size;
+  const int seq_len = config.data.seq_len;
+  const int64_t tokens_per_rank = static_cast<int64_t>(batch) * seq_len * config.grad_acc_steps;
+  const int64_t tokens_per_step = tokens_per_rank * world_size;
   GradientNoiseScale noise_scale(config.distributed.gns_ema);
   noise_scale.set_state(progress.noise_scale);
+  // On CUDA the loop reads nothing back from the GPU except on sync steps (logging, eval,
+  // checkpoint, probe and the last step), so the host runs ahead and queues kernels. Between
+  // them each step's [|G_small|², |G_big|²] for the noise scale waits on the GPU here and is
+  // added, in order, at the next sync: the averages are the same as with a sync every step.
+  const bool defer_syncs = device.is_cuda();
+  std::vector<torch::Tensor> pending_noise;  // (2) double tensors on the device
+  auto flush_noise = [&]() {
+    if (pending_noise.empty()) return;
+    torch::Tensor values = torch::stack(pending_noise).cpu();
+    const double* v = values.data_ptr<double>();
+    for (size_t i = 0; i < pending_noise.size(); ++i) {
+      noise_scale.Add(EstimateGradientNoise(v[2 * i], v[2 * i + 1], static_cast<double>(tokens_per_rank),
+                                            static_cast<double>(tokens_per_step)));
+    }
+    pending_noise.clear();
+  };
 
   std::unique_ptr<MetricsWriter> metrics;  // Rank 0's; other ranks report nothing.
   if (writer) {
@@ -341,6 +368,7 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
 
   auto save = [&]() -> absl::StatusOr<std::string> {
     progress.data = data.State();
+    flush_noise();
     progress.noise_scale = noise_scale.state();
     return SaveCheckpoint(checkpoints_dir, model, optimizer, progress, config,
                           config.checkpoint.keep);
@@ -369,10 +397,6 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
   };
   const double max_loss = config.divergence.loss_factor * std::log(static_cast<double>(vocab_size));
 
-  const int batch = config.data.batch_size;
-  const int seq_len = config.data.seq_len;
-  const int64_t tokens_per_rank = static_cast<int64_t>(batch) * seq_len * config.grad_acc_steps;
-  const int64_t tokens_per_step = tokens_per_rank * world_size;
   const auto& group_names = model.group_names();
   const auto& group_ranges = model.group_ranges();
   std::vector<int64_t> tokens;
@@ -398,10 +422,15 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     const int64_t global_step = progress.step + 1;
     const Clock::time_point step_start = Clock::now();
     const bool probe = config.probe_freq > 0 && global_step % config.probe_freq == 0;
+    const bool sync_now = !defer_syncs || probe || global_step % config.logging.freq == 0 ||
+                          global_step == config.steps ||
+                          (config.eval.every > 0 && global_step % config.eval.every == 0) ||
+                          (config.checkpoint.every > 0 && global_step % config.checkpoint.every == 0);
     // Ranks agree on stopping through the gradient all-reduce; read the flag before it.
     const bool stop_requested = g_stop_signal.load() != 0;
     ForwardProbes probes;
     double loss_sum = 0, z_sum = 0;
+    torch::Tensor loss_sum_gpu, z_sum_gpu;  // defer_syncs: the same sums, left on the GPU
 
     model.ZeroGrad();
     for (int micro = 0; micro < config.grad_acc_steps; ++micro) {
@@ -425,10 +454,18 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
         if (config.optim.z_loss > 0) {
           torch::Tensor z = lse.pow(2).mean();
           loss = ce + config.optim.z_loss * z;
-          z_sum += z.item<double>();
+          if (defer_syncs) {
+            z_sum_gpu = z_sum_gpu.defined() ? z_sum_gpu + z.detach() : z.detach();
+          } else {
+            z_sum += z.item<double>();
+          }
         }
       }
       (loss / config.grad_acc_steps).backward();
+      if (defer_syncs) {
+        loss_sum_gpu = loss_sum_gpu.defined() ? loss_sum_gpu + ce.detach() : ce.detach();
+        continue;  // Read at the next sync step (non-finite values too).
+      }
       const double ce_value = ce.item<double>();
       // With several ranks a non-finite loss is found after the all-reduce, on every rank.
       if (comm == nullptr && !std::isfinite(ce_value)) {
@@ -440,14 +477,61 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
     torch::Tensor grads = model.flat_grads();
     bool stop_agreed = false;
     double local_sq_norm = 0;  // Mean over ranks of |G_small|² (pre-clip), for the noise scale.
+    torch::Tensor comm_scalars;  // The all-reduced [loss, z, stop, |G_small|²] sums.
+    if (defer_syncs) {
+      auto scalar = [&](const torch::Tensor& t) {
+        return t.defined() ? t.to(torch::kDouble).reshape({1}) : torch::zeros({1}, grads.options().dtype(torch::kDouble));
+      };
+      loss_sum_gpu = scalar(loss_sum_gpu);
+      z_sum_gpu = scalar(z_sum_gpu);
+    }
     if (comm != nullptr) {
       // One round trip: the flat gradient buffer and [loss, z, stop, |G_small|²] are summed
       // together. Averaging the gradients makes every rank's clipping and AdamW identical.
-      torch::Tensor scalars = torch::cat(
-          {torch::tensor({loss_sum, z_sum, stop_requested ? 1.0 : 0.0}, torch::kDouble).to(device),
-           grads.norm().to(torch::kDouble).pow(2).reshape({1})});
+      torch::Tensor head =
+          defer_syncs
+              ? torch::cat({loss_sum_gpu, z_sum_gpu,
+                            torch::full({1}, stop_requested ? 1.0 : 0.0, grads.options().dtype(torch::kDouble))})
+              : torch::tensor({loss_sum, z_sum, stop_requested ? 1.0 : 0.0}, torch::kDouble).to(device);
+      torch::Tensor scalars = torch::cat({head, grads.norm().to(torch::kDouble).pow(2).reshape({1})});
       if (absl::Status s = comm->AllReduceSum({grads, scalars}, "the gradients"); !s.ok()) return s;
       grads.div_(world_size);
+      comm_scalars = scalars;
+      if (!sync_now) {
+        // |G_small|² now, |G_big|² (the averaged gradient's) with it; the stop flag is read
+        // at the next sync step (every rank syncs at the same steps, so they agree there).
+        pending_noise.push_back(torch::cat({scalars.narrow(0, 3, 1) / world_size,
+                                            grads.norm().to(torch::kDouble).pow(2).reshape({1})}));
+      }
+    }
+    if (!sync_now) {
+      // Clip on the GPU: grads · min(1, clip / (|g| + 1e-6)), no value read back.
+      if (config.optim.clip > 0) {
+        grads.mul_((config.optim.clip / (grads.norm() + 1e-6)).clamp_max(1.0));
+      }
+      const double lr = LearningRateForStep(config.optim, global_step, config.steps);
+      const double decay =
+          config.optim.independent_wd
+              ? LrFactor(config.optim, global_step - 1, config.steps) * config.optim.weight_decay
+              : lr * config.optim.weight_decay;
+      optimizer.Step(lr, decay);
+      progress.step = global_step;
+      progress.total_tokens += tokens_per_step;
+      tokens_since_log += tokens_per_step;
+      continue;
+    }
+    if (defer_syncs) {
+      flush_noise();  // The steps since the last sync, in order, before this one.
+      if (comm == nullptr) {
+        loss_sum = loss_sum_gpu.item<double>();
+        z_sum = z_sum_gpu.item<double>();
+        if (!std::isfinite(loss_sum)) {
+          return diverged(global_step, "non-finite loss", loss_sum / config.grad_acc_steps);
+        }
+      }
+    }
+    if (comm != nullptr) {
+      torch::Tensor scalars = comm_scalars;
       scalars = scalars.cpu();
       const double* sum = scalars.data_ptr<double>();
       loss_sum = sum[0] / world_size;
