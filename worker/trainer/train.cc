@@ -24,6 +24,7 @@
 #include "worker/trainer/noise_scale.h"
 #include "worker/trainer/optimizer.h"
 #include "worker/trainer/schedule.h"
+#include "worker/trainer/torch_compat.h"
 
 namespace sweep::trainer {
 namespace fs = std::filesystem;
@@ -94,14 +95,23 @@ class CudaAutocast {
  public:
   explicit CudaAutocast(torch::Device device) : enabled_(device.is_cuda()) {
     if (!enabled_) return;
+#if SWEEP_TORCH_AT_LEAST(2, 4)  // The per-device API; the CUDA-only one is deprecated there.
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+#else
     at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
     at::autocast::set_enabled(true);
+#endif
     at::autocast::increment_nesting();
   }
   ~CudaAutocast() {
     if (!enabled_) return;
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+#if SWEEP_TORCH_AT_LEAST(2, 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+#else
     at::autocast::set_enabled(false);
+#endif
   }
   CudaAutocast(const CudaAutocast&) = delete;
   CudaAutocast& operator=(const CudaAutocast&) = delete;
