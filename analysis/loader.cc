@@ -102,6 +102,16 @@ absl::StatusOr<SweepInfo> ReadSweep(sqlite3* db, int64_t sweep_id) {
 absl::StatusOr<std::vector<TrialResult>> LoadTrialsInSnapshot(sqlite3* db, int64_t sweep_id,
                                                               const AnalysisOptions& options) {
   std::vector<TrialResult> trials;
+  // Data-parallel trials (schema 6): a step takes ranks x the config's batch. Older
+  // databases have no such column: one process.
+  int64_t ranks = 1;
+  {
+    Query q(db, "SELECT ranks_per_trial FROM sweeps WHERE id = ?");
+    if (q.status().ok()) {
+      q.Bind(1, sweep_id);
+      if (q.Next() && q.Int(0) > 0) ranks = q.Int(0);
+    }
+  }
   {
     Query q(db,
             "SELECT id, trial_key, params, config, state, final_metric, diverged_step "
@@ -121,6 +131,7 @@ absl::StatusOr<std::vector<TrialResult>> LoadTrialsInSnapshot(sqlite3* db, int64
       absl::StatusOr<RunShape> shape = ShapeFromConfigText(q.Text(3));
       if (shape.ok()) {
         t.shape = *shape;
+        t.shape->processes = ranks;
       } else {
         t.shape_error = std::string(shape.status().message());
       }

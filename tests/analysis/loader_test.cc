@@ -209,6 +209,15 @@ TEST_F(LoaderTest, AnalyzesTheStoredSweepFromTheTraces) {
   std::printf("%s", RenderText(*a).c_str());
 }
 
+TEST_F(LoaderTest, DataParallelSweepsCountEveryRanksTokens) {
+  Exec(store_->db(), "UPDATE sweeps SET ranks_per_trial = 2 WHERE id = 1");
+  absl::StatusOr<SweepAnalysis> a = AnalyzeSweep(Reader(), 1, AnalysisOptions{});
+  ASSERT_OK(a);
+  ASSERT_TRUE(a->critical_batch.status.ok());
+  EXPECT_EQ(a->critical_batch.rows[0].tokens_per_step, 2 * 16 * 64);
+  EXPECT_EQ(Group(*a, 2).shape->processes, 2);
+}
+
 TEST_F(LoaderTest, TheFallbackDetectorMatchesTheGradNormSpikesView) {
   // Add a few spikes of different heights and a NaN, so the comparison is not empty.
   Exec(store_->db(),
