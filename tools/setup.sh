@@ -31,6 +31,8 @@ packages=(
   # the trainer: LibTorch (CPU) and an optimised BLAS. Without libopenblas0-pthread LibTorch
   # falls back to the reference BLAS and trains ~8x slower.
   libtorch-dev libopenblas0-pthread
+  # data-parallel trials on CPU: c10d's Gloo backend needs gloo's headers (LibTorch has the code)
+  libgloo-dev
   # libraries: config, CLI, JSON, status, logging, tests
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libabsl-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
