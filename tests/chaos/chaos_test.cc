@@ -239,10 +239,22 @@ class ChaosTest : public ::testing::Test {
            "SUM(json_extract(params, '$.steps')) FROM trials");
     return p.empty() ? 0 : std::stod(p);
   }
+  // The worker noticed: it stopped the trial ("lease lost"), or the trial had already ended
+  // while the worker was stopped and sweepd refused its outcome ("[not recorded: ... holds no
+  // lease"). Either way nothing went into the requeued attempt (Check() verifies the rows).
   bool SaidLeaseLost(const LostLease& lost) const {
-    return ReadFileOrEmpty(dir_ + "/" + lost.worker + ".log")
-               .find(absl::StrCat("trial ", lost.trial, " attempt ", lost.attempt,
-                                  ": lease lost")) != std::string::npos;
+    const std::string log = ReadFileOrEmpty(dir_ + "/" + lost.worker + ".log");
+    const std::string prefix = absl::StrCat("trial ", lost.trial, " attempt ", lost.attempt, ": ");
+    for (size_t at = log.find(prefix); at != std::string::npos; at = log.find(prefix, at + 1)) {
+      const size_t end = log.find('\n', at);
+      const std::string line = log.substr(at, end == std::string::npos ? std::string::npos : end - at);
+      if (line.rfind(prefix + "lease lost", 0) == 0) return true;
+      if (line.find("[not recorded: ") != std::string::npos &&
+          line.find("holds no lease") != std::string::npos) {
+        return true;
+      }
+    }
+    return false;
   }
   double Uniform(double lo, double hi) {
     return std::uniform_real_distribution<double>(lo, hi)(rng_);
