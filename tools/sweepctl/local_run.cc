@@ -178,10 +178,13 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
       return kExitError;
     }
   }
+  // A CPU trial takes ranks x cpu_slots_per_trial slots (a data-parallel trial runs one
+  // process per rank): each worker gets that many, so that it can run one trial.
+  const int slots_per_trial = std::max(1, spec->ranks_per_trial * spec->cpu_slots_per_trial);
   int workers = options.workers;
   if (workers <= 0) {
     workers = gpu ? 1 : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
-                                        std::max(1, options.threads_per_trial));
+                                        std::max(1, options.threads_per_trial * slots_per_trial));
   }
   std::vector<std::unique_ptr<Child>> worker_processes;
   const bool finished = sweep.state() == "completed" || sweep.state() == "cancelled";
@@ -194,7 +197,7 @@ int RunLocal(const RunOptions& options, const std::atomic<int>& interrupts) {
     if (gpu && i == 1) {
       args.insert(args.end(), {"--gpus", "auto", "--cpu-slots", "0"});
     } else {
-      args.insert(args.end(), {"--gpus", "none", "--cpu-slots", "1"});
+      args.insert(args.end(), {"--gpus", "none", "--cpu-slots", std::to_string(slots_per_trial)});
     }
     worker_processes.push_back(std::make_unique<Child>(
         name, (fs::path(options.bin_dir) / "sweep-worker").string(), args,

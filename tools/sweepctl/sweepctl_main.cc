@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
       "progress and a summary. Ctrl-C pauses (trials checkpoint); the same command resumes.\n"
       "  sweepctl run sweeps/depth_lr.yaml --workers 2");
   run->add_option("spec", run_options.spec_path, "Sweep spec (YAML)")->required()->check(CLI::ExistingFile);
-  run->add_option("--workers", run_options.workers, "Workers, one trial each (default: cores / threads)");
+  run->add_option("--workers", run_options.workers, "Workers, one trial each (default: cores / (threads x ranks per trial))");
   run->add_option("--threads-per-trial", run_options.threads_per_trial, "Threads per trial")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -73,6 +73,7 @@ export class AnalysisView {
         { key: 'unstable', label: 'first unstable', value: (g) => g.max_stable?.first_unstable_lr, render: (g) => (g.max_stable?.first_unstable_lr === null || g.max_stable?.first_unstable_lr === undefined ? '–' : `${lr(g.max_stable.first_unstable_lr)} (${g.max_stable.first_unstable_why})`) },
         { key: 'sens', label: 'LR sens.', title: 'Wortsman et al. 2023', value: (g) => g.lr_sensitivity, render: (g) => num(g.lr_sensitivity, 3), cls: 'num' },
         { key: 'tau', label: 'τ/run', title: '1/(lr·wd) as a fraction of the run, at the best lr', value: (g) => g.tau_fraction, render: (g) => num(g.tau_fraction, 2), cls: 'num' },
+        { key: 'gns', label: 'B_noise', title: 'gradient noise scale B_simple in tokens (data-parallel trials): the critical batch size', value: (g) => g.noise_scale, render: (g) => count(g.noise_scale), cls: 'num' },
       ],
     });
     container.append(this.summary, this.groupsBox,
