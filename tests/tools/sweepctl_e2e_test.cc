@@ -123,6 +123,31 @@ TEST_F(SweepctlTest, RunIsPausedByCtrlCAndResumedByRunningItAgain) {
   EXPECT_EQ(ProcessesMentioning(run_dir), 0);
 }
 
+// A data-parallel sweep runs locally: each worker gets the slots of one 2-rank trial, every
+// trial logs the gradient noise scale, and the analysis prints the critical batch from it.
+TEST_F(SweepctlTest, RunsDataParallelTrialsAndReportsTheCriticalBatch) {
+  std::ofstream(dir_ + "/dp.yaml") << R"(name: dp
+method: grid
+metric: {name: loss/val, goal: minimize}
+base:
+  steps: 30
+  model: {dim: 32, n_layers: 1, n_heads: 2, multiple_of: 32}
+  optim: {warmup: 5, lr: 1.0e-2}
+  data: {sources: {kjv: 1.0}, batch_size: 4, seq_len: 32}
+  eval: {steps: 2}
+  logging: {freq: 5}
+parameters:
+  data.batch_size: {values: [2, 4]}
+resources: {ranks_per_trial: 2}
+)";
+  const std::string db = dir_ + "/dp-run/sweep.db";
+  ASSERT_EQ(Ctl({"run", dir_ + "/dp.yaml", "--dir", dir_ + "/dp-run", "--workers", "1"}), 0) << out_ << err_;
+  EXPECT_EQ(Db(db, "SELECT COUNT(*) FROM trials WHERE state = 'completed'"), "2");
+  EXPECT_EQ(Db(db, "SELECT COUNT(DISTINCT trial_id) FROM metrics WHERE name = 'optim/noise_scale'"), "2");
+  EXPECT_NE(out_.find("Critical batch"), std::string::npos) << out_;
+  EXPECT_EQ(ProcessesMentioning(dir_ + "/dp-run"), 0);
+}
+
 TEST_F(SweepctlTest, RunRefusesABadSpecWithItsLineAndColumn) {
   std::ofstream(dir_ + "/bad.yaml") << "name: bad\nmethod: grid\nbase:\n  optim: {lr: fast}\n"
                                        "parameters:\n  model.n_layers: {values: [2]}\n";
