@@ -415,6 +415,20 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
   int64_t last_saved = -1, last_eval = -1;
   std::string last_checkpoint;
 
+  // AdamW with the scheduled lr (returned) on the clipped gradients; the step is then done.
+  auto step_optimizer = [&](int64_t global_step) -> double {
+    const double lr = LearningRateForStep(config.optim, global_step, config.steps);
+    const double decay =
+        config.optim.independent_wd
+            ? LrFactor(config.optim, global_step - 1, config.steps) * config.optim.weight_decay
+            : lr * config.optim.weight_decay;
+    optimizer.Step(lr, decay);
+    progress.step = global_step;
+    progress.total_tokens += tokens_per_step;
+    tokens_since_log += tokens_per_step;
+    return lr;
+  };
+
   while (progress.step < config.steps) {
     if (int sig = g_stop_signal.load(); sig != 0 && comm == nullptr) {
       absl::StatusOr<std::string> path = save();
@@ -519,15 +533,7 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
       if (config.optim.clip > 0) {
         grads.mul_((config.optim.clip / (grads.norm() + 1e-6)).clamp_max(1.0));
       }
-      const double lr = LearningRateForStep(config.optim, global_step, config.steps);
-      const double decay =
-          config.optim.independent_wd
-              ? LrFactor(config.optim, global_step - 1, config.steps) * config.optim.weight_decay
-              : lr * config.optim.weight_decay;
-      optimizer.Step(lr, decay);
-      progress.step = global_step;
-      progress.total_tokens += tokens_per_step;
-      tokens_since_log += tokens_per_step;
+      step_optimizer(global_step);
       continue;
     }
     if (defer_syncs) {
@@ -578,15 +584,7 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
       const double coef = config.optim.clip / (grad_norm + 1e-6);
       if (coef < 1.0) grads.mul_(coef);
     }
-    const double lr = LearningRateForStep(config.optim, global_step, config.steps);
-    const double decay =
-        config.optim.independent_wd
-            ? LrFactor(config.optim, global_step - 1, config.steps) * config.optim.weight_decay
-            : lr * config.optim.weight_decay;
-    optimizer.Step(lr, decay);
-    progress.step = global_step;
-    progress.total_tokens += tokens_per_step;
-    tokens_since_log += tokens_per_step;
+    const double lr = step_optimizer(global_step);
     const double step_seconds = Seconds(step_start);
 
     if (writer && global_step % config.logging.freq == 0) {
