@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/metrics_records.h"
 #include "tests/testing/subprocess.h"
 #include "worker/trainer/config.h"
 #include "worker/trainer/exit_codes.h"
@@ -28,13 +29,24 @@ namespace sweep::trainer {
 namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
+using sweep::testing::Events;
+using sweep::testing::ExpectSameTrajectory;
+using sweep::testing::LastStep;
 using sweep::testing::MakeTempDir;
 using sweep::testing::ReadFileOrEmpty;
+using sweep::testing::Records;
+using sweep::testing::Steps;
 using sweep::testing::Subprocess;
 using sweep::testing::WaitFor;
 using Clock = std::chrono::steady_clock;
 
 // Per rank: 4 sequences of 32 bytes a step. The 1-rank comparison runs data.batch_size=8.
+// What a resumed run must reproduce bit for bit, the noise-scale averages (which the
+// checkpoint carries) included.
+const std::vector<std::string> kCompared = {"loss/out",          "optim/grad_norm",  "optim/lr",
+                                            "optim/param_norm",  "optim/gns_grad_sq", "optim/gns_trace",
+                                            "optim/total_tokens"};
+
 constexpr char kTinyConfig[] = R"(name: tiny_dp
 seed: 11
 steps: 300
@@ -115,66 +127,6 @@ class DataParallelTest : public ::testing::Test {
     std::vector<std::string> argv = {SWEEP_TRAIN_BIN, "--config", config_, "--dump-dir", dump_dir};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return sweep::testing::Run(argv, "", dump_dir + ".log");
-  }
-
-  static std::vector<json> Records(const std::string& metrics_path) {
-    std::vector<json> records;
-    std::ifstream in(metrics_path);
-    for (std::string line; std::getline(in, line);) {
-      json record = json::parse(line, nullptr, /*allow_exceptions=*/false);
-      EXPECT_FALSE(record.is_discarded()) << metrics_path << ": " << line;
-      if (!record.is_discarded()) records.push_back(std::move(record));
-    }
-    return records;
-  }
-
-  static std::vector<json> Events(const std::vector<json>& records, const std::string& kind) {
-    std::vector<json> found;
-    for (const json& r : records) {
-      if (r.value("event", "") == kind) found.push_back(r);
-    }
-    return found;
-  }
-
-  static std::vector<json> Steps(const std::vector<json>& records) {
-    std::vector<json> steps;
-    for (const json& r : records) {
-      if (r.contains("loss/out")) steps.push_back(r);
-    }
-    return steps;
-  }
-
-  static int64_t LastStep(const std::string& metrics_path) {
-    int64_t last = 0;
-    std::istringstream in(ReadFileOrEmpty(metrics_path));
-    for (std::string line; std::getline(in, line);) {
-      json r = json::parse(line, nullptr, false);
-      if (!r.is_discarded() && r.contains("loss/out")) last = r["global_step"].get<int64_t>();
-    }
-    return last;
-  }
-
-  // Every step record of `run` after `after` equals the reference's record of that step, bit
-  // for bit, including the noise-scale averages (which the checkpoint carries).
-  static void ExpectSameTrajectory(const std::vector<json>& reference, const std::vector<json>& run,
-                                   int64_t after) {
-    std::map<int64_t, json> by_step;
-    for (const json& r : Steps(reference)) by_step[r["global_step"].get<int64_t>()] = r;
-    int compared = 0;
-    for (const json& r : Steps(run)) {
-      const int64_t step = r["global_step"].get<int64_t>();
-      if (step <= after) continue;
-      ASSERT_TRUE(by_step.count(step)) << "step " << step;
-      const json& want = by_step[step];
-      for (const char* key : {"loss/out", "optim/grad_norm", "optim/lr", "optim/param_norm",
-                              "optim/gns_grad_sq", "optim/gns_trace"}) {
-        ASSERT_TRUE(r.contains(key) && want.contains(key)) << key << " at step " << step;
-        EXPECT_EQ(r[key].get<double>(), want[key].get<double>()) << key << " at step " << step;
-      }
-      EXPECT_EQ(r["optim/total_tokens"], want["optim/total_tokens"]) << "step " << step;
-      ++compared;
-    }
-    EXPECT_GT(compared, 10);
   }
 
   std::string dir_;
@@ -276,7 +228,7 @@ TEST_F(DataParallelTest, SigtermStopsAllRanksAtOneStepAndResumesBitExactly) {
   const std::vector<json> resumed = Events(records, "resumed");
   ASSERT_EQ(resumed.size(), 1u);
   EXPECT_EQ(resumed[0]["global_step"].get<int64_t>(), stopped_at);
-  ExpectSameTrajectory(want, records, 0);
+  ExpectSameTrajectory(want, records, 0, kCompared);
   EXPECT_EQ(Steps(records).size(), 120u);
 }
 
@@ -323,7 +275,7 @@ TEST_F(DataParallelTest, KilledRankFailsThePeerWithinTheTimeoutAndTheTrialResume
   EXPECT_EQ(resumed_at % 10, 0);
   EXPECT_GE(resumed_at, 20);
   EXPECT_LE(resumed_at, killed_after);
-  ExpectSameTrajectory(want, records, 0);
+  ExpectSameTrajectory(want, records, 0, kCompared);
   EXPECT_EQ(Steps(records).size(), 120u + static_cast<size_t>(killed_after - resumed_at));
 }
 
@@ -398,7 +350,8 @@ TEST_F(DataParallelTest, TcpStoreRendezvousTrainsLikeTheFileStore) {
     ranks.push_back(std::make_unique<Subprocess>(argv, "", Log(by_tcp, r)));
   }
   for (auto& rank : ranks) ASSERT_EQ(rank->Wait(), kExitCompleted) << Logs(by_tcp, 2);
-  ExpectSameTrajectory(Records(by_file + "/metrics.jsonl"), Records(by_tcp + "/metrics.jsonl"), 0);
+  ExpectSameTrajectory(Records(by_file + "/metrics.jsonl"), Records(by_tcp + "/metrics.jsonl"), 0,
+                       kCompared);
 }
 
 TEST_F(DataParallelTest, BadLaunchEnvironmentIsAUsageError) {

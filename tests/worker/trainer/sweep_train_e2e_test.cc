@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/metrics_records.h"
 #include "tests/testing/subprocess.h"
 #include "worker/trainer/config.h"
 #include "worker/trainer/exit_codes.h"
@@ -22,12 +23,20 @@ namespace sweep::trainer {
 namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
+using sweep::testing::Events;
+using sweep::testing::ExpectSameTrajectory;
+using sweep::testing::LastStep;
 using sweep::testing::MakeTempDir;
 using sweep::testing::ReadFileOrEmpty;
+using sweep::testing::Records;
+using sweep::testing::Steps;
 using sweep::testing::Subprocess;
 using sweep::testing::WaitFor;
 
 // A model small enough that a few hundred steps take seconds.
+// What a resumed run must reproduce bit for bit.
+const std::vector<std::string> kCompared = {"loss/out", "optim/grad_norm", "optim/lr"};
+
 constexpr char kTinyConfig[] = R"(name: tiny
 seed: 11
 steps: 300
@@ -62,65 +71,6 @@ class SweepTrainTest : public ::testing::Test {
     return sweep::testing::Run(argv, "", dump_dir + ".log");
   }
 
-  static std::vector<json> Records(const std::string& metrics_path) {
-    std::vector<json> records;
-    std::ifstream in(metrics_path);
-    for (std::string line; std::getline(in, line);) {
-      json record = json::parse(line, nullptr, /*allow_exceptions=*/false);
-      EXPECT_FALSE(record.is_discarded()) << metrics_path << ": " << line;
-      if (!record.is_discarded()) records.push_back(std::move(record));
-    }
-    return records;
-  }
-
-  static std::vector<json> Events(const std::vector<json>& records, const std::string& kind) {
-    std::vector<json> found;
-    for (const json& r : records) {
-      if (r.value("event", "") == kind) found.push_back(r);
-    }
-    return found;
-  }
-
-  // Step records (the ones with loss/out) in file order.
-  static std::vector<json> Steps(const std::vector<json>& records) {
-    std::vector<json> steps;
-    for (const json& r : records) {
-      if (r.contains("loss/out")) steps.push_back(r);
-    }
-    return steps;
-  }
-
-  static int64_t LastStep(const std::string& metrics_path) {
-    int64_t last = 0;
-    std::istringstream in(ReadFileOrEmpty(metrics_path));
-    for (std::string line; std::getline(in, line);) {
-      json r = json::parse(line, nullptr, false);
-      if (!r.is_discarded() && r.contains("loss/out")) last = r["global_step"].get<int64_t>();
-    }
-    return last;
-  }
-
-  // Asserts that every step record of `run` with step > `after` equals the uninterrupted
-  // reference run's record of that step, bit for bit.
-  static void ExpectSameTrajectory(const std::vector<json>& reference, const std::vector<json>& run,
-                                   int64_t after) {
-    std::map<int64_t, json> by_step;
-    for (const json& r : Steps(reference)) by_step[r["global_step"].get<int64_t>()] = r;
-    int compared = 0;
-    for (const json& r : Steps(run)) {
-      const int64_t step = r["global_step"].get<int64_t>();
-      if (step <= after) continue;
-      ASSERT_TRUE(by_step.count(step)) << "step " << step;
-      const json& want = by_step[step];
-      EXPECT_EQ(r["loss/out"].get<double>(), want["loss/out"].get<double>()) << "step " << step;
-      EXPECT_EQ(r["optim/grad_norm"].get<double>(), want["optim/grad_norm"].get<double>())
-          << "step " << step;
-      EXPECT_EQ(r["optim/lr"].get<double>(), want["optim/lr"].get<double>()) << "step " << step;
-      ++compared;
-    }
-    EXPECT_GT(compared, 10);
-  }
-
   std::string dir_;
 };
 
@@ -152,7 +102,7 @@ TEST_F(SweepTrainTest, SigtermCheckpointsAndResumesBitExactly) {
   ASSERT_EQ(resumed.size(), 1u);
   EXPECT_EQ(resumed[0]["global_step"].get<int64_t>(), stopped_at);
   ASSERT_EQ(Events(records, "completed").size(), 1u);
-  ExpectSameTrajectory(reference, records, 0);  // Before and after the stop.
+  ExpectSameTrajectory(reference, records, 0, kCompared);  // Before and after the stop.
   EXPECT_EQ(Steps(records).size(), 300u);       // Each step exactly once.
 }
 
@@ -192,7 +142,7 @@ TEST_F(SweepTrainTest, SigkillResumesFromLastCompleteCheckpointBitExactly) {
   }
   EXPECT_TRUE(announced);
   // Steps between the checkpoint and the kill ran twice; both times they match the reference.
-  ExpectSameTrajectory(reference, records, 0);
+  ExpectSameTrajectory(reference, records, 0, kCompared);
   EXPECT_EQ(Steps(records).size(), 300u + static_cast<size_t>(killed_after - resumed_at));
   // keep: 2 (the default) complete checkpoints remain.
   int complete = 0;
