@@ -202,12 +202,13 @@ def main():
     if any(p.wait() != 0 for p in procs):
         raise SystemExit(f"a packed trial failed: see {args.out}/packed_*/stderr.log")
     packed_wall = time.perf_counter() - start
-    each = [steady_wps(read_records(os.path.join(args.out, f"packed_{i}", "metrics.jsonl")), 10 if quick else 50)
+    small_skip = 10 if quick else 50
+    each = [steady_wps(read_records(os.path.join(args.out, f"packed_{i}", "metrics.jsonl")), small_skip)
             for i in range(packed_n)]
-    result["packed"] = {"trials": packed_n, "alone_tokens_per_s": steady_wps(alone, 10 if quick else 50),
+    alone_wps = steady_wps(alone, small_skip)
+    result["packed"] = {"trials": packed_n, "alone_tokens_per_s": alone_wps,
                         "packed_tokens_per_s": sum(each), "alone_wall_s": alone_wall,
-                        "packed_wall_s": packed_wall,
-                        "speedup": sum(each) / steady_wps(alone, 10 if quick else 50),
+                        "packed_wall_s": packed_wall, "speedup": sum(each) / alone_wps,
                         "wall_speedup": packed_n * alone_wall / packed_wall}
     log(f"packed: {packed_n} trials {sum(each):,.0f} tok/s together vs {result['packed']['alone_tokens_per_s']:,.0f} "
         f"alone ({result['packed']['speedup']:.2f}x; wall {result['packed']['wall_speedup']:.2f}x)")

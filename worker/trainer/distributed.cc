@@ -123,6 +123,16 @@ struct Communicator::Impl {
   std::function<c10::intrusive_ptr<c10d::Work>(std::vector<at::Tensor>&,
                                                const c10d::AllreduceOptions&)>
       allreduce;
+
+  // Keeps `group` and erases its type behind `allreduce`.
+  template <typename Group>
+  void Adopt(c10::intrusive_ptr<Group> created) {
+    allreduce = [raw = created.get()](std::vector<at::Tensor>& tensors,
+                                      const c10d::AllreduceOptions& opts) {
+      return raw->allreduce(tensors, opts);
+    };
+    group = std::move(created);
+  }
 };
 
 absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
@@ -160,11 +170,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
       }
       auto group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, world.rank,
                                                                world.world_size, options);
-      impl->allreduce = [raw = group.get()](std::vector<at::Tensor>& tensors,
-                                            const c10d::AllreduceOptions& opts) {
-        return raw->allreduce(tensors, opts);
-      };
-      impl->group = group;
+      impl->Adopt(std::move(group));
 #endif
     } else {
 #ifdef USE_C10D_NCCL
@@ -177,11 +183,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
       options->timeout = timeout;
       auto group = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, world.rank,
                                                                world.world_size, options);
-      impl->allreduce = [raw = group.get()](std::vector<at::Tensor>& tensors,
-                                            const c10d::AllreduceOptions& opts) {
-        return raw->allreduce(tensors, opts);
-      };
-      impl->group = group;
+      impl->Adopt(std::move(group));
 #endif
     }
   } catch (const std::exception& e) {

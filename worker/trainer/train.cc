@@ -415,6 +415,13 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
   int64_t last_saved = -1, last_eval = -1;
   std::string last_checkpoint;
 
+  // The record a stop leaves: the step reached, the signal, the checkpoint to resume from.
+  auto emit_preempted = [&](int sig, const std::string& checkpoint) {
+    return emit({{"event", "preempted"},
+                 {"global_step", progress.step},
+                 {"signal", sig},
+                 {"checkpoint", checkpoint}});
+  };
   // AdamW with the scheduled lr (returned) on the clipped gradients; the step is then done.
   auto step_optimizer = [&](int64_t global_step) -> double {
     const double lr = LearningRateForStep(config.optim, global_step, config.steps);
@@ -434,13 +441,7 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
       absl::StatusOr<std::string> path = save();
       if (!path.ok()) return path.status();
       spdlog::warn("signal {}: checkpoint {} written, stopping", sig, *path);
-      if (absl::Status s = emit({{"event", "preempted"},
-                                 {"global_step", progress.step},
-                                 {"signal", sig},
-                                 {"checkpoint", *path}});
-          !s.ok()) {
-        return s;
-      }
+      if (absl::Status s = emit_preempted(sig, *path); !s.ok()) return s;
       return TrainOutcome::kPreempted;
     }
     const int64_t global_step = progress.step + 1;
@@ -660,13 +661,7 @@ absl::StatusOr<TrainOutcome> Train(const TrainConfig& config, const TrainOptions
       if (writer) {
         spdlog::warn("signal {}: checkpoint {} written, all {} ranks stop at step {}", sig, *path,
                      world_size, progress.step);
-        if (absl::Status s = emit({{"event", "preempted"},
-                                   {"global_step", progress.step},
-                                   {"signal", sig},
-                                   {"checkpoint", *path}});
-            !s.ok()) {
-          return s;
-        }
+        if (absl::Status s = emit_preempted(sig, *path); !s.ok()) return s;
       } else {
         spdlog::warn("stopping at step {} with the other ranks", progress.step);
       }
