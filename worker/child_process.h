@@ -6,16 +6,44 @@
 //     supervisor died before prctl took effect, the child is already an orphan and exits.
 //   * An empty signal mask: supervisors block SIGTERM/SIGINT (a thread sigwaits for them) and
 //     a mask survives exec; a child with SIGTERM blocked could never be stopped.
+//   * Only stdin, stdout and stderr survive exec. Boost.Process makes its pipes without
+//     O_CLOEXEC, so a trial forked while another thread read nvidia-smi through a pipe kept
+//     that pipe's write end for its whole life, and the reader waited for the trial's end to
+//     see EOF (GPU telemetry went missing for such trials; tests/worker).
 #ifndef SWEEP_WORKER_CHILD_PROCESS_H_
 #define SWEEP_WORKER_CHILD_PROCESS_H_
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <boost/process/extend.hpp>
 
 namespace sweep {
+
+// Marks every descriptor above stderr close-on-exec (rather than closing it: Boost.Process
+// reports a failed exec through a pipe of its own that must stay open until exec). Called in
+// the child between fork and exec, so only async-signal-safe calls.
+inline void CloseInheritedFdsOnExec() {
+  if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return;
+  // Kernels before 5.11: one fcntl per possible descriptor, bounded.
+  const long limit = std::min(sysconf(_SC_OPEN_MAX), 1L << 16);
+  for (int fd = 3; fd < limit; ++fd) {
+    const int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0 && !(flags & FD_CLOEXEC)) fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+  }
+}
+
+// For short helper commands (nvidia-smi): only their stdio is inherited.
+struct OnlyStdioInherited : boost::process::extend::handler {
+  template <typename Executor>
+  void on_exec_setup(Executor&) const {
+    CloseInheritedFdsOnExec();
+  }
+};
 
 struct SupervisedChild : boost::process::extend::handler {
   pid_t parent = getpid();
@@ -27,6 +55,7 @@ struct SupervisedChild : boost::process::extend::handler {
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);
+    CloseInheritedFdsOnExec();
   }
 };
 

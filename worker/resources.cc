@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "worker/child_process.h"
 
 namespace sweep::worker {
 namespace bp = boost::process;
@@ -81,7 +82,7 @@ std::vector<int> DetectGpus() {
   try {
     bp::ipstream out;
     bp::child child(nvidia_smi, "--query-gpu=index", "--format=csv,noheader", bp::std_out > out,
-                    bp::std_err > bp::null, bp::std_in < bp::null);
+                    bp::std_err > bp::null, bp::std_in < bp::null, OnlyStdioInherited{});
     for (std::string line; std::getline(out, line);) {
       int index = 0;
       if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &index)) gpus.push_back(index);
@@ -135,7 +136,7 @@ std::vector<GpuSample> QueryGpus() {
     bp::ipstream out;
     bp::child child(nvidia_smi, "--query-gpu=index,memory.used,utilization.gpu",
                     "--format=csv,noheader,nounits", bp::std_out > out, bp::std_err > bp::null,
-                    bp::std_in < bp::null);
+                    bp::std_in < bp::null, OnlyStdioInherited{});
     // Polled rather than child.wait_for(): Boost's wait_for swaps the process's SIGCHLD
     // handler and waits for the signal, which another thread (the worker's loop reaping
     // trials) may take first, so each sample took the whole timeout.

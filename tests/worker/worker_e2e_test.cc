@@ -542,6 +542,9 @@ resources: {gpus_per_trial: 1}
     nlohmann::json env = nlohmann::json::parse(ReadFileOrEmpty(attempt + "/rank0.env.json"));
     nlohmann::json info = nlohmann::json::parse(ReadFileOrEmpty(attempt + "/attempt.json"));
     EXPECT_EQ(env["WORLD_SIZE"], nullptr);  // One GPU: one process, not distributed.
+    // Nothing of the worker's leaks in: not its log, not the pipe of an nvidia-smi sample taken
+    // while the trial was forked (that pipe kept the sampler waiting for the trial's end).
+    EXPECT_EQ(env["inherited_fds"], nlohmann::json::array()) << attempt;
     spans.push_back({info["spawned_at"], info["exited_at"], env["CUDA_VISIBLE_DEVICES"],
                      trial.path().filename().string()});
   }
