@@ -38,7 +38,7 @@ namespace sweep::orchestrator {
 
 class StatementCache;
 
-inline constexpr int kSchemaVersion = 6;
+inline constexpr int kSchemaVersion = 7;
 
 // trials.stop_requested: why the trial's worker is told to stop it (heartbeat replies).
 enum StopCode : int {
@@ -133,6 +133,7 @@ class Store {
   explicit Store(sqlite3* db);
   absl::Status Exec(const std::string& sql);
   absl::Status Migrate();
+  absl::Status BumpSchemaCookie();
 
   sqlite3* const db_;
   const std::unique_ptr<StatementCache> statements_;

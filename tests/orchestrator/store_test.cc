@@ -148,6 +148,54 @@ TEST(StoreTest, MigratesAVersion5FileToRanksPerTrial) {
   EXPECT_EQ(QueryScalar((*store)->db(), "PRAGMA integrity_check"), "ok");
 }
 
+TEST(StoreTest, MigratesAVersion6FileToTheComparisonCheckOnNonfinite) {
+  const std::string path = TempDb();
+  {
+    Submitted s = Submit(path);
+    // Put back schema 6's definition of metrics (its CHECK with an IN list) and a row.
+    ASSERT_EQ(sqlite3_exec(s.store->db(), R"sql(
+      INSERT INTO metrics (trial_id, name, step, value, nonfinite, attempt, time)
+      VALUES (1, 'loss/out', 1, NULL, 'nan', 1, 0), (1, 'loss/out', 2, 2.5, NULL, 1, 0);
+      PRAGMA writable_schema = ON;
+      UPDATE sqlite_schema SET sql = replace(sql,
+        'CHECK (nonfinite = ''nan'' OR nonfinite = ''inf'' OR nonfinite = ''-inf'')',
+        'CHECK (nonfinite IN (''nan'', ''inf'', ''-inf''))') WHERE name = 'metrics';
+      PRAGMA writable_schema = OFF;
+      PRAGMA user_version = 6;)sql",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(s.store->db());
+  }
+  sqlite3* before = nullptr;  // A connection that read the old schema before the migration.
+  ASSERT_EQ(sqlite3_open(path.c_str(), &before), SQLITE_OK);
+  EXPECT_NE(QueryScalar(before, "SELECT sql FROM sqlite_schema WHERE name = 'metrics'").find("IN ("),
+            std::string::npos);
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  ASSERT_OK(store);
+  sqlite3* db = (*store)->db();
+  EXPECT_EQ(*(*store)->SchemaVersion(), kSchemaVersion);
+  const std::string sql = QueryScalar(db, "SELECT sql FROM sqlite_schema WHERE name = 'metrics'");
+  EXPECT_EQ(sql.find("IN ("), std::string::npos) << sql;
+  EXPECT_EQ(QueryScalar(db, "SELECT group_concat(step || ':' || IFNULL(nonfinite, value)) FROM metrics"),
+            "1:nan,2:2.5");
+  EXPECT_EQ(QueryScalar(db, "PRAGMA integrity_check"), "ok");
+  // The same values are refused and accepted as before, through either connection.
+  for (sqlite3* c : {db, before}) {
+    EXPECT_EQ(sqlite3_exec(c, "INSERT INTO metrics VALUES (1, 'x', 1, NULL, 'NaN', 1, 0)", nullptr,
+                           nullptr, nullptr),
+              SQLITE_CONSTRAINT)
+        << sqlite3_errmsg(c);
+    EXPECT_NE(std::string(sqlite3_errmsg(c)).find("nonfinite = 'nan'"), std::string::npos)
+        << sqlite3_errmsg(c);
+  }
+  EXPECT_EQ(sqlite3_exec(before, "INSERT INTO metrics VALUES (1, 'x', 2, NULL, '-inf', 1, 0), "
+                                 "(1, 'x', 3, 1.0, NULL, 1, 0)",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(before);
+  sqlite3_close(before);
+}
+
 TEST(StoreTest, MigratesAVersion2FileToDetectionAndEarlyTermination) {
   const std::string path = TempDb();
   {
