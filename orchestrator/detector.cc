@@ -24,22 +24,31 @@ std::string Divergence::Describe() const {
 
 TraceWindow::TraceWindow(int window) : window_(static_cast<size_t>(std::max(window, 1))) {}
 
-TraceWindow::Stats TraceWindow::Before(int64_t step) const {
+size_t TraceWindow::LowerBound(int64_t step) const {
+  return static_cast<size_t>(
+      std::lower_bound(values_.begin(), values_.end(), step,
+                       [](const std::pair<int64_t, double>& kept, int64_t s) { return kept.first < s; }) -
+      values_.begin());
+}
+
+TraceWindow::Stats TraceWindow::Before(int64_t step, bool with_median) const {
   Stats stats;
-  std::vector<double> window;
-  window.reserve(window_);
-  for (auto it = values_.lower_bound(step); it != values_.begin() && window.size() < window_;) {
-    --it;
-    window.push_back(it->second);
-  }
-  stats.n = static_cast<int>(window.size());
-  if (window.empty()) return stats;
+  const size_t end = LowerBound(step);
+  const size_t begin = end > window_ ? end - window_ : 0;
+  if (begin == end) return stats;
+  stats.n = static_cast<int>(end - begin);
   double sum = 0;
-  for (double v : window) sum += v;
+  for (size_t i = begin; i < end; ++i) sum += values_[i].second;
   stats.mean = sum / stats.n;
   double squares = 0;
-  for (double v : window) squares += (v - stats.mean) * (v - stats.mean);
+  for (size_t i = begin; i < end; ++i) {
+    squares += (values_[i].second - stats.mean) * (values_[i].second - stats.mean);
+  }
   stats.std = std::sqrt(squares / stats.n);
+  if (!with_median) return stats;
+  std::vector<double> window;
+  window.reserve(end - begin);
+  for (size_t i = begin; i < end; ++i) window.push_back(values_[i].second);
   const size_t half = window.size() / 2;
   std::nth_element(window.begin(), window.begin() + static_cast<std::ptrdiff_t>(half),
                    window.end());
@@ -53,18 +62,21 @@ TraceWindow::Stats TraceWindow::Before(int64_t step) const {
   return stats;
 }
 
-bool TraceWindow::Knows(int64_t step) const {
-  if (!dropped_) return true;
-  return static_cast<size_t>(std::distance(values_.begin(), values_.lower_bound(step))) >= window_;
-}
+bool TraceWindow::Knows(int64_t step) const { return !dropped_ || LowerBound(step) >= window_; }
 
 void TraceWindow::Add(int64_t step, double value) {
   if (!std::isfinite(value)) return;
-  if (dropped_ && !values_.empty() && step < values_.begin()->first) return;
-  values_.emplace(step, value);
+  if (dropped_ && !values_.empty() && step < values_.front().first) return;
+  if (values_.empty() || step > values_.back().first) {
+    values_.emplace_back(step, value);
+  } else {
+    const size_t at = LowerBound(step);
+    if (values_[at].first == step) return;  // Kept already.
+    values_.emplace(values_.begin() + static_cast<std::ptrdiff_t>(at), step, value);
+  }
   last_step_ = std::max(last_step_, step);
   while (values_.size() > 2 * window_) {
-    values_.erase(values_.begin());
+    values_.pop_front();
     dropped_ = true;
   }
 }
@@ -109,7 +121,8 @@ TrialDetector::Findings TrialDetector::Process(const std::string& name, int64_t 
       SetInitialLoss(sum / static_cast<double>(first_losses_.size()));
     }
   }
-  const TraceWindow::Stats window = trace->values.Before(step);
+  // Only the grad-norm rule below reads the median.
+  const TraceWindow::Stats window = trace->values.Before(step, trace == &grad_norm_ && extends);
   if (judge && window.n >= options_.min_values && window.std > 0) {
     const double z = (value - window.mean) / window.std;
     if (z > options_.z)
