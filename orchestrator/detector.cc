@@ -37,18 +37,18 @@ TraceWindow::Stats TraceWindow::Before(int64_t step, bool with_median) const {
   const size_t begin = end > window_ ? end - window_ : 0;
   if (begin == end) return stats;
   stats.n = static_cast<int>(end - begin);
+  const auto first = values_.begin() + static_cast<std::ptrdiff_t>(begin);
+  const auto last = values_.begin() + static_cast<std::ptrdiff_t>(end);
   double sum = 0;
-  for (size_t i = begin; i < end; ++i) sum += values_[i].second;
+  for (auto it = first; it != last; ++it) sum += it->second;
   stats.mean = sum / stats.n;
   double squares = 0;
-  for (size_t i = begin; i < end; ++i) {
-    squares += (values_[i].second - stats.mean) * (values_[i].second - stats.mean);
-  }
+  for (auto it = first; it != last; ++it) squares += (it->second - stats.mean) * (it->second - stats.mean);
   stats.std = std::sqrt(squares / stats.n);
   if (!with_median) return stats;
   std::vector<double> window;
   window.reserve(end - begin);
-  for (size_t i = begin; i < end; ++i) window.push_back(values_[i].second);
+  for (auto it = first; it != last; ++it) window.push_back(it->second);
   const size_t half = window.size() / 2;
   std::nth_element(window.begin(), window.begin() + static_cast<std::ptrdiff_t>(half),
                    window.end());
