@@ -75,22 +75,47 @@ absl::StatusOr<std::vector<int>> ParseGpuList(const std::string& list) {
   return gpus;
 }
 
-std::vector<int> DetectGpus() {
+namespace {
+
+// Runs nvidia-smi (found on PATH) with `args`; its stdout, or nullopt when it is missing, exits
+// non-zero or runs past 10 s (then it is killed).
+std::optional<std::string> RunNvidiaSmi(const std::vector<std::string>& args) {
   const boost::filesystem::path nvidia_smi = bp::search_path("nvidia-smi");
-  if (nvidia_smi.empty()) return {};
-  std::vector<int> gpus;
+  if (nvidia_smi.empty()) return std::nullopt;
   try {
+    // The output (a line per GPU or process) fits the pipe: wait first, read after, so a hung
+    // nvidia-smi is killed instead of blocking the read.
     bp::ipstream out;
-    bp::child child(nvidia_smi, "--query-gpu=index", "--format=csv,noheader", bp::std_out > out,
-                    bp::std_err > bp::null, bp::std_in < bp::null, OnlyStdioInherited{});
-    for (std::string line; std::getline(out, line);) {
-      int index = 0;
-      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &index)) gpus.push_back(index);
+    bp::child child(nvidia_smi, bp::args(args), bp::std_out > out, bp::std_err > bp::null,
+                    bp::std_in < bp::null, OnlyStdioInherited{});
+    // Polled rather than child.wait_for(): Boost's wait_for swaps the process's SIGCHLD
+    // handler and waits for the signal, which another thread (the worker's loop reaping
+    // trials) may take first, so each sample took the whole timeout.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    std::error_code ec;
+    while (child.running(ec)) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        child.terminate(ec);
+        return std::nullopt;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    child.wait();
-    if (child.exit_code() != 0) return {};
+    if (ec || child.exit_code() != 0) return std::nullopt;
+    return std::string((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
   } catch (const std::exception&) {
-    return {};
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
+std::vector<int> DetectGpus() {
+  std::optional<std::string> text = RunNvidiaSmi({"--query-gpu=index", "--format=csv,noheader"});
+  if (!text) return {};
+  std::vector<int> gpus;
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipWhitespace())) {
+    int index = 0;
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &index)) gpus.push_back(index);
   }
   return gpus;
 }
@@ -128,33 +153,31 @@ std::vector<GpuSample> ParseGpuQuery(const std::string& csv) {
 }
 
 std::vector<GpuSample> QueryGpus() {
-  const boost::filesystem::path nvidia_smi = bp::search_path("nvidia-smi");
-  if (nvidia_smi.empty()) return {};
-  try {
-    // The output (a line per GPU) fits the pipe: wait first, read after, so a hung
-    // nvidia-smi is killed instead of blocking the read.
-    bp::ipstream out;
-    bp::child child(nvidia_smi, "--query-gpu=index,memory.used,utilization.gpu",
-                    "--format=csv,noheader,nounits", bp::std_out > out, bp::std_err > bp::null,
-                    bp::std_in < bp::null, OnlyStdioInherited{});
-    // Polled rather than child.wait_for(): Boost's wait_for swaps the process's SIGCHLD
-    // handler and waits for the signal, which another thread (the worker's loop reaping
-    // trials) may take first, so each sample took the whole timeout.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    std::error_code ec;
-    while (child.running(ec)) {
-      if (std::chrono::steady_clock::now() > deadline) {
-        child.terminate(ec);
-        return {};
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::optional<std::string> text = RunNvidiaSmi(
+      {"--query-gpu=index,memory.used,utilization.gpu", "--format=csv,noheader,nounits"});
+  return text ? ParseGpuQuery(*text) : std::vector<GpuSample>{};
+}
+
+std::vector<GpuProcess> ParseGpuProcesses(const std::string& csv) {
+  std::vector<GpuProcess> out;
+  for (absl::string_view line : absl::StrSplit(csv, '\n', absl::SkipWhitespace())) {
+    std::vector<absl::string_view> fields = absl::StrSplit(line, ',');
+    GpuProcess p;
+    if (fields.size() != 2 || !absl::SimpleAtoi(absl::StripAsciiWhitespace(fields[0]), &p.pid) ||
+        !absl::SimpleAtod(absl::StripAsciiWhitespace(fields[1]), &p.memory_used_mib) ||
+        p.pid <= 0 || !std::isfinite(p.memory_used_mib)) {
+      continue;
     }
-    if (ec || child.exit_code() != 0) return {};
-    std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
-    return ParseGpuQuery(text);
-  } catch (const std::exception&) {
-    return {};
+    out.push_back(p);
   }
+  return out;
+}
+
+std::optional<std::vector<GpuProcess>> QueryGpuProcesses() {
+  std::optional<std::string> text =
+      RunNvidiaSmi({"--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"});
+  if (!text) return std::nullopt;
+  return ParseGpuProcesses(*text);
 }
 
 }  // namespace sweep::worker

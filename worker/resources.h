@@ -3,6 +3,7 @@
 #define SWEEP_WORKER_RESOURCES_H_
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,19 @@ std::vector<GpuSample> ParseGpuQuery(const std::string& csv);
 // Runs that query (nvidia-smi found on PATH, at most 10 s); {} when nvidia-smi is missing,
 // fails or hangs.
 std::vector<GpuSample> QueryGpus();
+
+// One process using a GPU, in `nvidia-smi --query-compute-apps=pid,used_memory
+// --format=csv,noheader,nounits` (a process on two GPUs has a line for each).
+struct GpuProcess {
+  int pid = 0;
+  double memory_used_mib = 0;
+};
+// Parses that output ("4242, 1234" per line); unreadable lines are skipped.
+std::vector<GpuProcess> ParseGpuProcesses(const std::string& csv);
+// Runs that query like QueryGpus; nullopt when nvidia-smi is missing, fails or hangs (an empty
+// list is an answer: no process holds GPU memory). The pids are those of nvidia-smi's PID
+// namespace: in a container that does not share the host's, it may list none of ours.
+std::optional<std::vector<GpuProcess>> QueryGpuProcesses();
 
 }  // namespace sweep::worker
 

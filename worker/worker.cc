@@ -193,6 +193,12 @@ int FreeLoopbackPort() {
   return port;
 }
 
+// One nvidia-smi sample: each GPU's figures and the processes holding GPU memory.
+struct GpuReading {
+  std::map<int, GpuSample> gpus;                     // By GPU index.
+  std::optional<std::vector<GpuProcess>> processes;  // nullopt: that query failed.
+};
+
 // Samples `nvidia-smi` every `interval` seconds on a thread of its own (a slow or stuck
 // nvidia-smi never holds up the worker's loop). Latest() is the newest sample and its number.
 class GpuTelemetry {
@@ -211,8 +217,8 @@ class GpuTelemetry {
   GpuTelemetry(const GpuTelemetry&) = delete;
   GpuTelemetry& operator=(const GpuTelemetry&) = delete;
 
-  // The newest sample (by GPU index) and its sequence number (0: none yet).
-  std::pair<int64_t, std::map<int, GpuSample>> Latest() const {
+  // The newest sample and its sequence number (0: none yet).
+  std::pair<int64_t, GpuReading> Latest() const {
     std::lock_guard<std::mutex> lock(mu_);
     return {sequence_, latest_};
   }
@@ -223,6 +229,8 @@ class GpuTelemetry {
     while (!stop_) {
       lock.unlock();
       std::vector<GpuSample> samples = QueryGpus();
+      std::optional<std::vector<GpuProcess>> processes;
+      if (!samples.empty()) processes = QueryGpuProcesses();
       lock.lock();
       if (sequence_ == 0 && !reported_) {
         reported_ = true;
@@ -233,8 +241,9 @@ class GpuTelemetry {
         }
       }
       if (!samples.empty()) {
-        latest_.clear();
-        for (const GpuSample& g : samples) latest_[g.index] = g;
+        latest_.gpus.clear();
+        for (const GpuSample& g : samples) latest_.gpus[g.index] = g;
+        latest_.processes = std::move(processes);
         ++sequence_;
       }
       wake_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(interval_ * 1000)),
@@ -248,7 +257,7 @@ class GpuTelemetry {
   bool stop_ = false;                   // GUARDED_BY(mu_)
   int64_t sequence_ = 0;                // GUARDED_BY(mu_)
   bool reported_ = false;               // GUARDED_BY(mu_): the first sample was logged
-  std::map<int, GpuSample> latest_;     // GUARDED_BY(mu_)
+  GpuReading latest_;                   // GUARDED_BY(mu_)
   std::thread thread_;
 };
 
@@ -904,17 +913,27 @@ class Worker {
   }
 
   // GPU telemetry: on each new nvidia-smi sample, every running GPU trial that reached a step
-  // beyond the one its last telemetry went to gets `gpu/mem_used_mib` (memory in use, summed
-  // over its GPUs) and `gpu/util_pct` (utilisation, the mean over its GPUs) at its latest step,
+  // beyond the one its last telemetry went to gets, at its latest step:
+  //   gpu/mem_used_mib  memory in use on its GPUs (summed over them; with several trials on a
+  //                     GPU, the whole GPU's figure, shared by them)
+  //   gpu/util_pct      utilisation, the mean over its GPUs (likewise the whole GPU's)
+  //   gpu/trial_mem_mib the memory held by the trial's own processes (every process in the
+  //                     process group of one of its ranks), when nvidia-smi lists any of them
   // through the same queue as the trainer's rows. One row per name and step: sweepd keeps the
-  // first row of a (trial, name, step), so a second sample at the same step is not sent. With
-  // several trials on a GPU, each sees the whole GPU's figures (nvidia-smi's per-GPU query).
+  // first row of a (trial, name, step), so a second sample at the same step is not sent.
   void AttachTelemetry() {
     if (!telemetry_) return;
-    auto [sequence, sample] = telemetry_->Latest();
+    auto [sequence, reading] = telemetry_->Latest();
     if (sequence == telemetry_sequence_) return;
     telemetry_sequence_ = sequence;
     const double now = UnixNow();
+    // Each GPU process's group: a trial's ranks lead their own (SupervisedChild), so anything
+    // they start (a launcher's workers, data loaders) counts as theirs.
+    std::map<pid_t, double> memory_by_group;
+    for (const GpuProcess& p : reading.processes.value_or(std::vector<GpuProcess>{})) {
+      const pid_t group = ::getpgid(p.pid);
+      if (group > 0) memory_by_group[group] += p.memory_used_mib;
+    }
     for (auto& t : trials_) {
       if (!t->live() || t->gpus.empty() || t->stop == Stop::kLeaseLost ||
           t->step <= t->telemetry_step) {
@@ -923,8 +942,8 @@ class Worker {
       double memory = 0, utilization = 0;
       size_t seen = 0;
       for (int gpu : t->gpus) {
-        auto it = sample.find(gpu);
-        if (it == sample.end()) continue;
+        auto it = reading.gpus.find(gpu);
+        if (it == reading.gpus.end()) continue;
         memory += it->second.memory_used_mib;
         utilization += it->second.utilization_pct;
         ++seen;
@@ -933,6 +952,15 @@ class Worker {
       t->telemetry_step = t->step;
       Queue(*t, {"gpu/mem_used_mib", t->step, memory}, now);
       Queue(*t, {"gpu/util_pct", t->step, utilization / static_cast<double>(seen)}, now);
+      double own = 0;
+      bool listed = false;
+      for (const Rank& r : t->ranks) {
+        auto it = memory_by_group.find(r.pid);
+        if (it == memory_by_group.end()) continue;
+        own += it->second;
+        listed = true;
+      }
+      if (listed) Queue(*t, {"gpu/trial_mem_mib", t->step, own}, now);
     }
   }
 

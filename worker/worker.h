@@ -30,8 +30,9 @@
 //   4. Heartbeats renew the leases and carry each trial's step; a stop in the reply sends every
 //      rank's group SIGTERM (the trainer checkpoints and exits), then SIGKILL after the grace
 //      period. With GPUs and nvidia-smi on PATH, every gpu_telemetry_seconds the worker adds
-//      gpu/mem_used_mib (summed over the trial's GPUs) and gpu/util_pct (their mean) at each
-//      GPU trial's latest step, once per step.
+//      gpu/mem_used_mib (summed over the trial's GPUs), gpu/util_pct (their mean) and
+//      gpu/trial_mem_mib (what the trial's own processes hold) at each GPU trial's latest
+//      step, once per step.
 //   5. The exit becomes the outcome: completed, diverged (sweep-train's exit 3), stopped (on
 //      sweepd's request), released (the worker handed it back), or failed with the tail of
 //      stderr; with the final and best value of the spec's metric and the last checkpoint.

@@ -91,6 +91,17 @@ TEST(ParseGpuQueryTest, ReadsIndexMemoryAndUtilisationAndSkipsWhatItCannotRead) 
   EXPECT_TRUE(ParseGpuQuery("").empty());
 }
 
+TEST(ParseGpuProcessesTest, ReadsPidAndMemoryAndSkipsWhatItCannotRead) {
+  std::vector<GpuProcess> processes = ParseGpuProcesses(
+      "4242, 1234\n[N/A], [N/A]\n17, [N/A]\n0, 5\n-3, 5\n99, 1, 2\n\n7, 80000\n");
+  ASSERT_EQ(processes.size(), 2u);
+  EXPECT_EQ(processes[0].pid, 4242);
+  EXPECT_EQ(processes[0].memory_used_mib, 1234);
+  EXPECT_EQ(processes[1].pid, 7);
+  EXPECT_EQ(processes[1].memory_used_mib, 80000);
+  EXPECT_TRUE(ParseGpuProcesses("").empty());
+}
+
 // QueryGpus runs nvidia-smi from PATH with the telemetry query; a stand-in answers it here.
 TEST(QueryGpusTest, RunsTheTelemetryQueryFromPath) {
   const std::string dir = sweep::testing::MakeTempDir("nvidia-smi-query");

@@ -505,10 +505,20 @@ class FakeNvidiaSmi {
  public:
   explicit FakeNvidiaSmi(const std::string& dir) : dir_(dir) {
     fs::create_directories(dir_);
+    // GPU figures as fixed numbers; as GPU processes, every ranks_train.py (any test's, and
+    // their ranks_train_child helpers) with 300 MiB each, one process outside every trial
+    // (pid 1) and a line nvidia-smi prints for a process it cannot read.
     std::ofstream(dir_ + "/nvidia-smi")
         << "#!/bin/sh\n"
-           "[ \"$1\" = --query-gpu=index,memory.used,utilization.gpu ] || exit 9\n"
-           "echo '0, 1000, 50'\necho '1, 2000, 70'\n";
+           "case \"$1\" in\n"
+           "--query-gpu=index,memory.used,utilization.gpu) echo '0, 1000, 50'; echo '1, 2000, 70' ;;\n"
+           "--query-compute-apps=pid,used_memory)\n"
+           "  echo '1, 5000'; echo '[N/A], [N/A]'\n"
+           "  for d in /proc/[0-9]*; do\n"
+           "    if grep -q ranks_train \"$d/cmdline\" 2>/dev/null; then echo \"${d#/proc/}, 300\"; fi\n"
+           "  done ;;\n"
+           "*) exit 9 ;;\n"
+           "esac\n";
     fs::permissions(dir_ + "/nvidia-smi", fs::perms::owner_all);
     saved_ = getenv("PATH");
     setenv("PATH", (dir_ + ":" + saved_).c_str(), 1);
@@ -578,19 +588,25 @@ resources: {gpus_per_trial: 1}
     EXPECT_EQ(Db("SELECT COUNT(DISTINCT value) || '/' || MIN(value) FROM metrics WHERE name = 'gpu/util_pct' "
                  "AND trial_id = " + s.trial),
               s.gpus == "0" ? "1/50.0" : "1/70.0");
+    // Its own process's memory, not its GPU neighbour's, not pid 1's.
+    EXPECT_EQ(Db("SELECT COUNT(DISTINCT value) || '/' || MIN(value) FROM metrics WHERE name = "
+                 "'gpu/trial_mem_mib' AND trial_id = " + s.trial),
+              "1/300.0");
   }
   EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics g WHERE g.name LIKE 'gpu/%' AND NOT EXISTS (SELECT 1 "
                "FROM metrics m WHERE m.trial_id = g.trial_id AND m.name = 'loss/out' AND m.step = g.step)"),
             "0");
+  // Both GPU figures at every telemetry step; the trial's own memory too unless the sample
+  // was taken before its process started.
   EXPECT_EQ(Db("SELECT COUNT(*) FROM (SELECT trial_id, step FROM metrics WHERE name LIKE 'gpu/%' "
-               "GROUP BY trial_id, step HAVING COUNT(*) != 2)"),
+               "GROUP BY trial_id, step HAVING SUM(name IN ('gpu/mem_used_mib', 'gpu/util_pct')) != 2)"),
             "0");
 }
 
 TEST_F(WorkerE2eTest, ATwoGpuTrialRunsARankPerGpuAndReportsItsGpusTelemetry) {
   StartSweepd(10);
   Submit("name: wide\nmethod: grid\nmetric: {name: loss/out, goal: minimize}\n"
-         "trainer: {command: " + RanksCommand() + "}\n" + R"(base: {steps: 30, step_seconds: 0.05}
+         "trainer: {command: " + RanksCommand() + "}\n" + R"(base: {steps: 30, step_seconds: 0.05, gpu_child: 1}
 parameters:
   seed: {values: [1]}
 resources: {gpus_per_trial: 2}
@@ -616,6 +632,13 @@ resources: {gpus_per_trial: 2}
   EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/util_pct' AND value != 60"), "0");
   EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/util_pct'"),
             Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/mem_used_mib'"));
+  // The trial's own memory: both ranks and the helper each started (300 MiB apiece in the
+  // fake), found through the ranks' process groups. 1,200 while all four lived; less in a
+  // sample taken while a helper was starting or already gone.
+  EXPECT_EQ(Db("SELECT MAX(value) FROM metrics WHERE name = 'gpu/trial_mem_mib'"), "1200.0");
+  EXPECT_EQ(Db("SELECT COUNT(*) FROM metrics WHERE name = 'gpu/trial_mem_mib' AND value NOT IN "
+               "(300, 600, 900, 1200)"),
+            "0");
 }
 
 TEST_F(WorkerE2eTest, CancelStopsWithACheckpointAndShutdownHandsTrialsBack) {
