@@ -58,6 +58,11 @@ EOF
   cmake --build "$build_dir" --target sweep-train -j "$(nproc)" >"$out/build.log" 2>&1 ||
     { grep -m20 -A5 "error" "$out/build.log" || tail -40 "$out/build.log"; exit 1; }
   sweep_train=$build_dir/sweep-train
+  if missing=$(ldd "$sweep_train" | grep "not found"); then
+    echo "gpu_check.sh: $sweep_train cannot find libraries:" >&2
+    echo "$missing" >&2
+    exit 1
+  fi
 fi
 say "sweep-train: $sweep_train"
 "$python" tools/gpu_bench.py --sweep-train "$sweep_train" --out "$out" --python "$python" "${bench_args[@]}"
