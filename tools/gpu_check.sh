@@ -48,7 +48,16 @@ EOF
     exit 1
   fi
   # NCCL's header for the data-parallel path: the nvidia-nccl wheel next to torch, or CUDA's.
-  nccl_include=$("$python" -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "include"))' 2>/dev/null || true)
+  # (nvidia/nccl/include in the cu12 wheels; searched for, as the cu13 layout may differ.)
+  nccl_include=$("$python" - 2>/dev/null <<'EOF'
+import glob, os
+import nvidia
+for root in nvidia.__path__:
+    for header in sorted(glob.glob(os.path.join(root, "**", "nccl.h"), recursive=True)):
+        print(os.path.dirname(header))
+        raise SystemExit
+EOF
+  ) || true
   [ -n "$nccl_include" ] && [ -f "$nccl_include/nccl.h" ] && export NCCL_INCLUDE_DIR=$nccl_include
   say "configuring $build_dir (NCCL headers: ${NCCL_INCLUDE_DIR:-none})"
   cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSWEEP_TRAINER_ONLY=ON \
