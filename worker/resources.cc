@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <iterator>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -173,11 +174,10 @@ std::vector<GpuProcess> ParseGpuProcesses(const std::string& csv) {
   return out;
 }
 
-std::optional<std::vector<GpuProcess>> QueryGpuProcesses() {
+std::vector<GpuProcess> QueryGpuProcesses() {
   std::optional<std::string> text =
       RunNvidiaSmi({"--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"});
-  if (!text) return std::nullopt;
-  return ParseGpuProcesses(*text);
+  return text ? ParseGpuProcesses(*text) : std::vector<GpuProcess>{};
 }
 
 }  // namespace sweep::worker

@@ -3,7 +3,6 @@
 #define SWEEP_WORKER_RESOURCES_H_
 
 #include <map>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,10 +59,10 @@ struct GpuProcess {
 };
 // Parses that output ("4242, 1234" per line); unreadable lines are skipped.
 std::vector<GpuProcess> ParseGpuProcesses(const std::string& csv);
-// Runs that query like QueryGpus; nullopt when nvidia-smi is missing, fails or hangs (an empty
-// list is an answer: no process holds GPU memory). The pids are those of nvidia-smi's PID
-// namespace: in a container that does not share the host's, it may list none of ours.
-std::optional<std::vector<GpuProcess>> QueryGpuProcesses();
+// Runs that query like QueryGpus ({} when nvidia-smi is missing, fails or hangs). The pids are
+// those of nvidia-smi's PID namespace: in a container that does not share the host's, it may
+// list none of ours.
+std::vector<GpuProcess> QueryGpuProcesses();
 
 }  // namespace sweep::worker
 

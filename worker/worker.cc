@@ -195,8 +195,8 @@ int FreeLoopbackPort() {
 
 // One nvidia-smi sample: each GPU's figures and the processes holding GPU memory.
 struct GpuReading {
-  std::map<int, GpuSample> gpus;                     // By GPU index.
-  std::optional<std::vector<GpuProcess>> processes;  // nullopt: that query failed.
+  std::map<int, GpuSample> gpus;      // By GPU index.
+  std::vector<GpuProcess> processes;  // Empty when that query failed.
 };
 
 // Samples `nvidia-smi` every `interval` seconds on a thread of its own (a slow or stuck
@@ -229,7 +229,7 @@ class GpuTelemetry {
     while (!stop_) {
       lock.unlock();
       std::vector<GpuSample> samples = QueryGpus();
-      std::optional<std::vector<GpuProcess>> processes;
+      std::vector<GpuProcess> processes;
       if (!samples.empty()) processes = QueryGpuProcesses();
       lock.lock();
       if (sequence_ == 0 && !reported_) {
@@ -930,7 +930,7 @@ class Worker {
     // Each GPU process's group: a trial's ranks lead their own (SupervisedChild), so anything
     // they start (a launcher's workers, data loaders) counts as theirs.
     std::map<pid_t, double> memory_by_group;
-    for (const GpuProcess& p : reading.processes.value_or(std::vector<GpuProcess>{})) {
+    for (const GpuProcess& p : reading.processes) {
       const pid_t group = ::getpgid(p.pid);
       if (group > 0) memory_by_group[group] += p.memory_used_mib;
     }
