@@ -51,6 +51,7 @@
 #include "absl/strings/str_join.h"
 #include "tests/testing/cluster.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/tiny_spec.h"
 
 namespace sweep {
 namespace {
@@ -105,29 +106,21 @@ std::string DataRoot() {
 
 double Seconds(Steady::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// A grid of optim.lr x steps: `trials` (rounded up to a multiple of 3) tiny builtin trials of
-// 150-250 steps (dim 32, 1 layer, seq 32, batch 4), a checkpoint every 25 steps. Lease
-// expiries are this test's doing, not the trials' fault: max_attempts leaves room for them.
+// A grid of optim.lr x steps: `trials` (rounded up to a multiple of 3) tiny builtin trials
+// (tests/testing/tiny_spec.h) of 150-250 steps, a checkpoint every 25 steps. Lease expiries
+// are this test's doing, not the trials' fault: max_attempts leaves room for them.
 std::string ChaosSpec(int trials) {
   const int n_lr = (trials + 2) / 3;
   std::vector<std::string> lrs;
   for (int i = 0; i < n_lr; ++i) lrs.push_back(absl::StrFormat("%.6g", 1e-3 + 2.5e-4 * i));
-  return absl::StrCat(R"(name: chaos
-method: grid
-max_attempts: 100
-base:
-  model: {dim: 32, n_layers: 1, n_heads: 2, multiple_of: 32}
-  optim: {warmup: 5}
-  data: {sources: {kjv: 1.0}, batch_size: 4, seq_len: 32}
-  eval: {every: )",
-                      kEvalEvery, R"(, steps: 2}
-  checkpoint: {every: )",
-                      kCheckpointEvery, R"(}
-parameters:
-  optim.lr: {values: [)",
-                      absl::StrJoin(lrs, ", "), R"(]}
-  steps: {values: [)",
-                      absl::StrJoin(kSteps, ", "), "]}\n");
+  sweep::testing::TinySpec spec;
+  spec.name = "chaos";
+  spec.lrs = absl::StrJoin(lrs, ", ");
+  spec.checkpoint_every = kCheckpointEvery;
+  spec.eval_every = kEvalEvery;
+  spec.header = "max_attempts: 100\n";
+  spec.parameters = absl::StrCat("  steps: {values: [", absl::StrJoin(kSteps, ", "), "]}\n");
+  return sweep::testing::TinyBuiltinSpec(spec);
 }
 
 // Rows of a query on a read-only connection, every column as text ("" for NULL).

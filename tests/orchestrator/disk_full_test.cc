@@ -17,6 +17,7 @@
 
 #include "tests/testing/cluster.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/tiny_spec.h"
 
 namespace sweep {
 namespace {
@@ -29,17 +30,15 @@ using sweep::testing::Run;
 using sweep::testing::WaitFor;
 using std::chrono::seconds;
 
+// The tiny builtin trial (tests/testing/tiny_spec.h), a checkpoint every 50 steps.
 std::string Spec(const std::string& name, int steps, const std::string& lrs, int max_attempts = 3) {
-  return "name: " + name + "\nmethod: grid\nmax_attempts: " + std::to_string(max_attempts) + R"(
-base:
-  steps: )" + std::to_string(steps) + R"(
-  model: {dim: 32, n_layers: 1, n_heads: 2, multiple_of: 32}
-  optim: {warmup: 5}
-  data: {sources: {kjv: 1.0}, batch_size: 4, seq_len: 32}
-  eval: {steps: 2}
-  checkpoint: {every: 50}
-parameters:
-  optim.lr: {values: [)" + lrs + "]}\n";
+  sweep::testing::TinySpec spec;
+  spec.name = name;
+  spec.steps = steps;
+  spec.lrs = lrs;
+  spec.checkpoint_every = 50;
+  spec.header = "max_attempts: " + std::to_string(max_attempts) + "\n";
+  return sweep::testing::TinyBuiltinSpec(spec);
 }
 
 // A small file system we can fill and empty: a tmpfs when we may mount one.

@@ -24,6 +24,7 @@
 #include "proto/sweep.grpc.pb.h"
 #include "tests/testing/sqlite.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/tiny_spec.h"
 #include "worker/trainer/config.h"
 
 namespace sweep {
@@ -37,23 +38,21 @@ using sweep::testing::Subprocess;
 using sweep::testing::WaitFor;
 
 // The trainer's own divergence check is off, so only sweepd's detection can end a trial early.
+// The tiny builtin trial (tests/testing/tiny_spec.h) ranked by loss/val, evaluated every 25
+// steps, with the loss-factor divergence rule off; `extra`: top-level lines after the
+// parameters.
 std::string Spec(const std::string& name, int steps, const std::string& lrs,
                  const std::string& extra) {
-  return "name: " + name + R"(
-method: grid
-metric: {name: loss/val, goal: minimize}
-base:
-  steps: )" +
-         std::to_string(steps) + R"(
-  model: {dim: 32, n_layers: 1, n_heads: 2, multiple_of: 32}
-  optim: {warmup: 5}
-  data: {sources: {kjv: 1.0}, batch_size: 4, seq_len: 32}
-  eval: {steps: 2, every: 25}
-  checkpoint: {every: 50}
-  divergence: {loss_factor: 0}
-parameters:
-  optim.lr: {values: [)" +
-         lrs + "]}\n" + extra;
+  sweep::testing::TinySpec spec;
+  spec.name = name;
+  spec.steps = steps;
+  spec.lrs = lrs;
+  spec.checkpoint_every = 50;
+  spec.eval_every = 25;
+  spec.header = "metric: {name: loss/val, goal: minimize}\n";
+  spec.base = "  divergence: {loss_factor: 0}\n";
+  spec.tail = extra;
+  return sweep::testing::TinyBuiltinSpec(spec);
 }
 
 class EarlyTerminationE2eTest : public ::testing::Test {

@@ -35,6 +35,7 @@
 #include "proto/sweep.grpc.pb.h"
 #include "tests/testing/sqlite.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/tiny_spec.h"
 #include "worker/trainer/config.h"
 
 namespace sweep {
@@ -47,20 +48,16 @@ using sweep::testing::Subprocess;
 using sweep::testing::WaitFor;
 using std::chrono::seconds;
 
-// A tiny builtin trial: about 100 steps per second on one core, a checkpoint every 20 steps.
+// The tiny builtin trial (tests/testing/tiny_spec.h), a checkpoint every 20 steps; `extra`:
+// top-level lines after the parameters.
 std::string BuiltinSpec(const std::string& name, int steps, const std::string& lrs,
                         const std::string& extra = "") {
-  return "name: " + name + R"(
-method: grid
-base:
-  steps: )" + std::to_string(steps) + R"(
-  model: {dim: 32, n_layers: 1, n_heads: 2, multiple_of: 32}
-  optim: {warmup: 5}
-  data: {sources: {kjv: 1.0}, batch_size: 4, seq_len: 32}
-  eval: {steps: 2}
-  checkpoint: {every: 20}
-parameters:
-  optim.lr: {values: [)" + lrs + "]}\n" + extra;
+  sweep::testing::TinySpec spec;
+  spec.name = name;
+  spec.steps = steps;
+  spec.lrs = lrs;
+  spec.tail = extra;
+  return sweep::testing::TinyBuiltinSpec(spec);
 }
 
 class WorkerE2eTest : public ::testing::Test {
