@@ -4,14 +4,17 @@
 //   (a) lease -> start -> complete cycles per second, no-op trials, N concurrent workers,
 //       against Optuna 3.1 ask/tell with SQLite storage and N processes (tools/bench_optuna.py)
 //   (b) metric rows per second through the StreamMetrics RPC, against inserting the same rows
-//       into the same schema in one transaction through the SQLite C API
+//       into the same schema in one transaction through the SQLite C API; both --repeat times,
+//       alternately, and the medians compared (one 200,000-row transaction takes under half
+//       a second, so single runs swung the ratio by +-20 points)
 //
 //   bench_orchestrator [--sweepd PATH] [--workers 8] [--trials 2000] [--rows 200000]
-//                      [--optuna-trials-per-process 50] [--python /usr/bin/python3]
+//                      [--repeat 3] [--optuna-trials-per-process 50] [--python /usr/bin/python3]
 #include <grpcpp/grpcpp.h>
 #include <sqlite3.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -21,6 +24,7 @@
 #include <nlohmann/json.hpp>
 #include <signal.h>
 #include <thread>
+#include <vector>
 
 #include "orchestrator/store.h"
 #include "proto/sweep.grpc.pb.h"
@@ -43,6 +47,13 @@ std::string SpecWithTrials(const std::string& name, int trials) {
   for (int i = 1; i <= trials; ++i) values += (i > 1 ? ", " : "") + std::to_string(i);
   return "name: " + name + "\nmethod: grid\nbase: {data: {sources: {kjv: 1}}}\n"
          "parameters: {seed: {values: [" + values + "]}}\n";
+}
+
+// Sorts `values` and returns their median.
+double Median(std::vector<double>& values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
 bool Check(const grpc::Status& s, const char* what) {
@@ -108,16 +119,17 @@ double LeaseCycles(const std::string& target, int workers, int trials) {
   return done / seconds;
 }
 
-// (b): rows through StreamMetrics into one leased trial, in batches.
-double StreamRows(const std::string& target, int64_t rows, int batch_size) {
+// (b): rows through StreamMetrics into one leased trial (of a sweep of its own), in batches.
+double StreamRows(const std::string& target, const std::string& sweep, int64_t rows,
+                  int batch_size) {
   auto stub = sweep::v1::Orchestrator::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
   sweep::v1::SubmitSweepRequest submit;
-  submit.set_spec_yaml(SpecWithTrials("bench_rows", 1));
+  submit.set_spec_yaml(SpecWithTrials(sweep, 1));
   sweep::v1::SubmitSweepResponse submitted;
   grpc::ClientContext c0;
   if (!Check(stub->SubmitSweep(&c0, submit, &submitted), "submit")) return 0;
   sweep::v1::RegisterWorkerRequest reg;
-  reg.set_name("bench-rows");
+  reg.set_name(sweep);
   reg.set_cpu_slots(1);
   sweep::v1::RegisterWorkerResponse worker;
   grpc::ClientContext c1;
@@ -158,9 +170,9 @@ double StreamRows(const std::string& target, int64_t rows, int batch_size) {
   return resp.rows_stored() / seconds;
 }
 
-// (b) baseline: the same rows, same schema, one transaction, the SQLite C API directly.
-double RawRows(const std::string& dir, int64_t rows) {
-  const std::string path = dir + "/raw.db";
+// (b) baseline: the same rows, same schema, one transaction, the SQLite C API directly, into a
+// new database file at `path`.
+double RawRows(const std::string& path, int64_t rows) {
   auto store = sweep::orchestrator::Store::Open(path);
   if (!store.ok()) return 0;
   sqlite3* db = (*store)->db();
@@ -199,13 +211,16 @@ int main(int argc, char** argv) {
   std::string sweepd = (fs::path(argv[0]).parent_path().parent_path() / "sweepd").string();
   std::string python = "/usr/bin/python3";
   std::string optuna_script = std::string(SWEEP_SOURCE_DIR) + "/tools/bench_optuna.py";
-  int workers = 8, trials = 2000, batch = 1000, optuna_per_process = 50;
+  int workers = 8, trials = 2000, batch = 1000, optuna_per_process = 50, repeat = 3;
   int64_t rows = 200000;
   app.add_option("--sweepd", sweepd, "sweepd binary")->capture_default_str();
   app.add_option("--workers", workers, "Concurrent workers (and Optuna processes)")->capture_default_str();
   app.add_option("--trials", trials, "No-op trials for the lease cycle test")->capture_default_str();
   app.add_option("--rows", rows, "Metric rows for the ingest test")->capture_default_str();
   app.add_option("--batch", batch, "Rows per StreamMetrics message")->capture_default_str();
+  app.add_option("--repeat", repeat, "Runs of each side of the ingest test (medians compared)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--optuna-trials-per-process", optuna_per_process)->capture_default_str();
   app.add_option("--python", python, "Python with optuna (Debian's python3-optuna)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -222,11 +237,15 @@ int main(int argc, char** argv) {
 
   std::fprintf(stderr, "(a) %d lease/start/complete cycles with %d workers ...\n", trials, workers);
   const double cycles = LeaseCycles(target, workers, trials);
-  std::fprintf(stderr, "(b) %lld metric rows through StreamMetrics ...\n", static_cast<long long>(rows));
-  const double streamed = StreamRows(target, rows, batch);
+  std::fprintf(stderr, "(b) %lld metric rows through StreamMetrics and into SQLite, %d times ...\n",
+               static_cast<long long>(rows), repeat);
+  std::vector<double> streamed, raw;
+  for (int i = 0; i < repeat; ++i) {
+    streamed.push_back(StreamRows(target, "bench_rows_" + std::to_string(i), rows, batch));
+    raw.push_back(RawRows(dir + "/raw_" + std::to_string(i) + ".db", rows));
+  }
   server.Signal(SIGTERM);
   server.Wait();
-  const double raw = RawRows(dir, rows);
 
   std::fprintf(stderr, "(a) baseline: Optuna, %d processes x %d ask/tell ...\n", workers, optuna_per_process);
   const std::string optuna_out = dir + "/optuna.json";
@@ -246,8 +265,10 @@ int main(int argc, char** argv) {
     std::printf("| (a) trials/s, %d workers | %.0f | Optuna did not run (%s) | - | >= 20x |\n", workers,
                 cycles, ReadFileOrEmpty(dir + "/optuna.log").substr(0, 200).c_str());
   }
-  std::printf("| (b) metric rows/s, StreamMetrics, batches of %d | %.0f | %.0f (SQLite C API, one transaction) | %.0f%% | >= 50%% |\n",
-              batch, streamed, raw, raw > 0 ? 100.0 * streamed / raw : 0.0);
+  const double streamed_median = Median(streamed), raw_median = Median(raw);
+  std::printf("| (b) metric rows/s, StreamMetrics, batches of %d; median of %d (range) | %.0f (%.0f-%.0f) | %.0f (%.0f-%.0f) (SQLite C API, one transaction) | %.0f%% | >= 50%% |\n",
+              batch, repeat, streamed_median, streamed.front(), streamed.back(), raw_median,
+              raw.front(), raw.back(), raw_median > 0 ? 100.0 * streamed_median / raw_median : 0.0);
   std::printf("\nmachine: %u CPUs; command: ", std::thread::hardware_concurrency());
   for (int i = 0; i < argc; ++i) std::printf("%s ", argv[i]);
   std::printf("\n");
