@@ -9,7 +9,12 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/url/parse.hpp>
-#include <boost/url/src.hpp>  // Boost.URL is used header-only: its sources compile here, once.
+#include <boost/version.hpp>
+#if BOOST_VERSION < 108300
+// Up to Boost 1.82 (Debian 12: 1.81) Boost.URL is used header-only: its sources compile here,
+// once. From 1.83 it is a compiled library, which CMakeLists.txt links.
+#include <boost/url/src.hpp>
+#endif
 #include <chrono>
 #include <optional>
 #include <thread>
@@ -108,8 +113,7 @@ class Session : public std::enable_shared_from_this<Session> {
   http::response<http::string_body> Handle(const http::request<http::string_body>& request) {
     const bool head = request.method() == http::verb::head;
     if (request.method() != http::verb::get && !head) return Plain(405, false);
-    boost::urls::result<boost::urls::url_view> url =
-        boost::urls::parse_origin_form(std::string_view(request.target().data(), request.target().size()));
+    auto url = boost::urls::parse_origin_form(std::string_view(request.target().data(), request.target().size()));
     if (!url) return Plain(400, head);
     HttpRequest in;
     in.method = head ? "HEAD" : "GET";
