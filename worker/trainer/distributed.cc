@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstdlib>
 #include <functional>
+#include <string_view>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
@@ -20,6 +21,7 @@
 #endif
 
 #include "absl/strings/str_cat.h"
+#include "worker/trainer/torch_compat.h"
 
 namespace sweep::trainer {
 namespace {
@@ -48,6 +50,28 @@ std::string ErrorText(const std::exception& e) {
     return c10_error->what_without_backtrace();
   }
   return e.what();
+}
+
+// The store the ranks meet through at MASTER_ADDR:MASTER_PORT, served by rank 0.
+c10::intrusive_ptr<c10d::Store> MakeTcpStore(const WorldInfo& world,
+                                             std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions options;
+  options.port = static_cast<uint16_t>(world.master_port);
+  options.isServer = world.rank == 0;
+  options.numWorkers = world.world_size;
+  options.waitWorkers = true;
+  options.timeout = timeout;
+#if SWEEP_TORCH_AT_LEAST(2, 4)
+  // From 2.4 the store asks for its libuv backend by default and throws where LibTorch was built
+  // without libuv (Debian's is); the classic backend serves a few ranks on one machine as well.
+  try {
+    return c10::make_intrusive<c10d::TCPStore>(world.master_addr, options);
+  } catch (const std::exception& e) {
+    if (std::string_view(e.what()).find("libuv") == std::string_view::npos) throw;
+    options.useLibUV = false;
+  }
+#endif
+  return c10::make_intrusive<c10d::TCPStore>(world.master_addr, options);
 }
 
 }  // namespace
@@ -145,13 +169,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
     if (!world.rendezvous_file.empty()) {
       impl->store = c10::make_intrusive<c10d::FileStore>(world.rendezvous_file, world.world_size);
     } else {
-      c10d::TCPStoreOptions options;
-      options.port = static_cast<uint16_t>(world.master_port);
-      options.isServer = world.rank == 0;
-      options.numWorkers = world.world_size;
-      options.waitWorkers = true;
-      options.timeout = timeout;
-      impl->store = c10::make_intrusive<c10d::TCPStore>(world.master_addr, options);
+      impl->store = MakeTcpStore(world, timeout);
     }
     impl->store->setTimeout(timeout);
 
