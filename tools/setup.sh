@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package sweep needs, builds it and prepares the bundled corpora
 # (KJV, and fortunes for sweeps/data_lr.yaml).
-# Idempotent and non-interactive; run as root (or with sudo) on a fresh Debian 12 machine.
+# Idempotent and non-interactive; run as root (or with sudo) on a fresh Debian 12 machine. Debian
+# 13 works too (tools/check_debian.sh runs the whole suite there).
 #
 #   tools/setup.sh                 # packages, build (./build), corpus
 #   tools/setup.sh --tests         # the same, plus Chromium (dashboard test) and clang (fuzzing)
@@ -39,8 +40,6 @@ packages=(
   # the orchestrator: its store (sqlite3 is the shell users query it with) and gRPC
   libsqlite3-dev sqlite3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  # sweep-worker: Boost.Process (header-only, links Boost.Filesystem)
-  libboost1.81-dev libboost-filesystem1.81-dev
   # analysis: least squares and bootstrap fits (header-only)
   libeigen3-dev
   # tests: a self-signed certificate for sweepd's TLS test
@@ -56,12 +55,21 @@ packages=(
   fortunes
 )
 
+# Boost: Boost.Process for sweep-worker (links Boost.Filesystem), Beast and URL for the dashboard,
+# Math for the analysis. Debian 12's default Boost is 1.74, too old: 1.81 by name. Later
+# Debians' default will do, and there Boost.URL is a library of its own (from 1.83).
+if [ "$(. /etc/os-release && echo "${ID:-}-${VERSION_ID:-}")" = debian-12 ]; then
+  packages+=(libboost1.81-dev libboost-filesystem1.81-dev)
+else
+  packages+=(libboost-dev libboost-filesystem-dev libboost-url-dev)
+fi
+
 # The dashboard's front end is built with npm (uPlot, esbuild; dashboard/package-lock.json).
 # Debian's nodejs and npm unless a Node.js with npm is already installed.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 # The dashboard's browser test drives Debian's Chromium headless; the fuzz targets (fuzz/,
 # tools/fuzz.sh, ctest -L fuzz) need clang and its libFuzzer and sanitizer runtimes.
-((tests)) && packages+=(chromium clang libclang-rt-14-dev)
+((tests)) && packages+=(chromium clang libclang-rt-dev)
 
 missing=()
 for p in "${packages[@]}"; do
