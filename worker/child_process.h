@@ -10,6 +10,7 @@
 //     O_CLOEXEC, so a trial forked while another thread read nvidia-smi through a pipe kept
 //     that pipe's write end for its whole life, and the reader waited for the trial's end to
 //     see EOF (GPU telemetry went missing for such trials; tests/worker).
+// It is also where sweep includes Boost.Process (version 1) and names it `sweep::bp`.
 #ifndef SWEEP_WORKER_CHILD_PROCESS_H_
 #define SWEEP_WORKER_CHILD_PROCESS_H_
 
@@ -20,7 +21,21 @@
 
 #include <algorithm>
 
+#if __has_include(<boost/process/v1.hpp>)
+// From Boost 1.86 version 2 of Boost.Process has the plain names; version 1, which sweep
+// uses, lives on under v1/ (Debian unstable's Boost 1.92 has nothing else).
+#include <boost/process/v1.hpp>
+#include <boost/process/v1/extend.hpp>
+namespace sweep {
+namespace bp = boost::process::v1;
+}  // namespace sweep
+#else
+#include <boost/process.hpp>
 #include <boost/process/extend.hpp>
+namespace sweep {
+namespace bp = boost::process;
+}  // namespace sweep
+#endif
 
 namespace sweep {
 
@@ -38,14 +53,14 @@ inline void CloseInheritedFdsOnExec() {
 }
 
 // For short helper commands (nvidia-smi): only their stdio is inherited.
-struct OnlyStdioInherited : boost::process::extend::handler {
+struct OnlyStdioInherited : bp::extend::handler {
   template <typename Executor>
   void on_exec_setup(Executor&) const {
     CloseInheritedFdsOnExec();
   }
 };
 
-struct SupervisedChild : boost::process::extend::handler {
+struct SupervisedChild : bp::extend::handler {
   pid_t parent = getpid();
   template <typename Executor>
   void on_exec_setup(Executor&) const {

@@ -1,7 +1,6 @@
 #include "worker/resources.h"
 
 #include <algorithm>
-#include <boost/process.hpp>
 #include <chrono>
 #include <cmath>
 #include <iterator>
@@ -17,7 +16,6 @@
 #include "worker/child_process.h"
 
 namespace sweep::worker {
-namespace bp = boost::process;
 
 absl::StatusOr<std::vector<std::string>> ExpandCommand(
     const std::vector<std::string>& command_template,
@@ -81,7 +79,7 @@ namespace {
 // Runs nvidia-smi (found on PATH) with `args`; its stdout, or nullopt when it is missing, exits
 // non-zero or runs past 10 s (then it is killed).
 std::optional<std::string> RunNvidiaSmi(const std::vector<std::string>& args) {
-  const boost::filesystem::path nvidia_smi = bp::search_path("nvidia-smi");
+  const auto nvidia_smi = bp::search_path("nvidia-smi");
   if (nvidia_smi.empty()) return std::nullopt;
   try {
     // The output (a line per GPU or process) fits the pipe: wait first, read after, so a hung

@@ -11,8 +11,6 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <boost/process.hpp>
-#include <boost/process/extend.hpp>
 #include <chrono>
 #include <cerrno>
 #include <condition_variable>
@@ -38,7 +36,6 @@
 
 namespace sweep::worker {
 namespace {
-namespace bp = boost::process;
 namespace fs = std::filesystem;
 using Steady = std::chrono::steady_clock;
 
@@ -652,7 +649,7 @@ class Worker {
         program = (*command)[0];
         args.assign(command->begin() + 1, command->end());
         if (program.find('/') == std::string::npos) {
-          const boost::filesystem::path found = bp::search_path(program);
+          const auto found = bp::search_path(program);  // a Boost or std path, by Boost version
           if (found.empty()) {
             t.start_error = absl::StrCat("trainer.command: ", program, ": not found on PATH");
             return;

@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/process.hpp>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -22,7 +21,6 @@
 
 namespace sweep::ctl {
 namespace {
-namespace bp = boost::process;
 namespace fs = std::filesystem;
 using Steady = std::chrono::steady_clock;
 
