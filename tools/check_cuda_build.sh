@@ -53,9 +53,11 @@ if ! compgen -G "$torch/usr/lib/*/libtorch_cuda.so" >/dev/null; then
   trap 'rm -rf "$work"' EXIT
   chmod 777 "$work"  # apt's download user writes there
   mkdir -p "$work/lists/partial"
+  : >"$work/status"  # apt ignores what is installed here (a newer libtorch-dev would win)
   echo "deb http://deb.debian.org/debian trixie contrib main" >"$work/sources.list"
   apt_options=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
-               -o "Dir::State::Lists=$work/lists" -o APT::Architecture=amd64 -q)
+               -o "Dir::State::Lists=$work/lists" -o "Dir::State::status=$work/status"
+               -o APT::Architecture=amd64 -q)
   apt-get "${apt_options[@]}" update >/dev/null
   (cd "$work" && apt-get "${apt_options[@]}" download libtorch-cuda-dev >/dev/null)
   # The shared objects' package is named after the version (libtorch-cuda-2.6).

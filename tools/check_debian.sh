@@ -50,8 +50,10 @@ for fs in proc sys dev dev/shm dev/pts; do  # Chromium (the browser test) wants 
     mounted=("$root/$fs" "${mounted[@]}")  # unmounted in reverse order
   fi
 done
-# apt in the root resolves the mirror with the host's resolver settings.
+# The root reaches the registries as the host does: its resolver, and its CA certificates for
+# npm (a proxy's own CA, where there is one).
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/host-ca-certificates.crt" 2>/dev/null || true
 
 say "copying the working tree to $root/src"
 mkdir -p "$root/src"
@@ -61,7 +63,8 @@ git ls-files -z --cached --others --exclude-standard |
 
 # The README's test command, as .ci/run runs it.
 say "running tools/setup.sh --tests and ctest in the $suite root"
-chroot "$root" bash -c 'cd /src && bash tools/setup.sh --tests &&
+NODE_EXTRA_CA_CERTS=/etc/host-ca-certificates.crt chroot "$root" bash -c 'cd /src &&
+  bash tools/setup.sh --tests &&
   version=$(sed -n "s/^#define TORCH_VERSION_[A-Z]* \([0-9]*\)$/\1/p" \
             /usr/include/torch/csrc/api/include/torch/version.h | paste -sd.) &&
   echo "check_debian.sh: LibTorch $version, $(g++ --version | head -1)" &&

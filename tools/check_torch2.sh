@@ -28,9 +28,11 @@ if [ ! -f "$headers/usr/include/torch/csrc/api/include/torch/version.h" ]; then
   trap 'rm -rf "$work"' EXIT
   chmod 777 "$work"
   mkdir -p "$work/lists/partial"
+  : >"$work/status"  # apt ignores what is installed here (a newer libtorch-dev would win)
   echo "deb http://deb.debian.org/debian $suite main" >"$work/sources.list"
   apt_options=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
-               -o "Dir::State::Lists=$work/lists" -o APT::Architecture=amd64 -q)
+               -o "Dir::State::Lists=$work/lists" -o "Dir::State::status=$work/status"
+               -o APT::Architecture=amd64 -q)
   apt-get "${apt_options[@]}" update >/dev/null
   (cd "$work" && apt-get "${apt_options[@]}" download libtorch-dev >/dev/null)
   rm -rf "$headers"

@@ -160,7 +160,21 @@ class RMSNorm(nn.Module):
 
 
 def trunc_normal(weight, std, a, b):
-    nn.init.trunc_normal_(weight, mean=0.0, std=std, a=a, b=b)
+    """Lingua's nn.init.trunc_normal_(weight, 0, std, a, b), drawn as PyTorch 1.13 to 2.6 (at
+    least) draw it and as sweep-train does: uniform over the bounds' CDF range, then the inverse
+    CDF. Newer PyTorch (2.14 in Debian unstable) draws the same distribution by rejection
+    sampling, which uses the RNG differently, so the reference spells the older draw out instead
+    of calling nn.init and stays bit-comparable whatever PyTorch runs it."""
+    def norm_cdf(x):
+        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
+
+    with torch.no_grad():
+        lo, hi = norm_cdf(a / std), norm_cdf(b / std)
+        weight.uniform_(2 * lo - 1, 2 * hi - 1)
+        weight.erfinv_()
+        weight.mul_(std * math.sqrt(2.0))
+        weight.add_(0.0)  # the mean
+        weight.clamp_(min=a, max=b)
 
 
 def rope_cos_sin(head_dim, seq_len, theta):

@@ -16,7 +16,9 @@ int FeedForwardHiddenDim(const ModelArgs& args) {
 
 namespace {
 
-// torch.nn.init.trunc_normal_, step for step (same RNG draws, same float operations).
+// torch.nn.init.trunc_normal_ as PyTorch 1.13 to 2.6 (at least) draw it, step for step (same
+// RNG draws, same float operations). PyTorch 2.14 draws the same distribution by rejection
+// sampling instead; the reference (tools/reference) spells this draw out to stay comparable.
 void TruncNormal(torch::Tensor w, double std, double a, double b) {
   auto norm_cdf = [](double x) { return (1.0 + std::erf(x / std::sqrt(2.0))) / 2.0; };
   const double l = norm_cdf(a / std);
