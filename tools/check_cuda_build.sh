@@ -49,24 +49,10 @@ if [ -z "$nccl_include" ]; then
 fi
 
 if ! compgen -G "$torch/usr/lib/*/libtorch_cuda.so" >/dev/null; then
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  chmod 777 "$work"  # apt's download user writes there
-  mkdir -p "$work/lists/partial"
-  : >"$work/status"  # apt ignores what is installed here (a newer libtorch-dev would win)
-  echo "deb http://deb.debian.org/debian trixie contrib main" >"$work/sources.list"
-  apt_options=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
-               -o "Dir::State::Lists=$work/lists" -o "Dir::State::status=$work/status"
-               -o APT::Architecture=amd64 -q)
-  apt-get "${apt_options[@]}" update >/dev/null
-  (cd "$work" && apt-get "${apt_options[@]}" download libtorch-cuda-dev >/dev/null)
-  # The shared objects' package is named after the version (libtorch-cuda-2.6).
-  libs=$(dpkg-deb -f "$work"/libtorch-cuda-dev_*.deb Depends | grep -o 'libtorch-cuda-[0-9.]*' | head -1)
-  say "downloading $libs (about 480 MB)"
-  (cd "$work" && apt-get "${apt_options[@]}" download "$libs" >/dev/null)
-  rm -rf "$torch"
-  mkdir -p "$torch"
-  for deb in "$work"/*.deb; do dpkg -x "$deb" "$torch"; done
+  # The shared objects' package is named after the version (libtorch-cuda-2.6): about 480 MB.
+  say "downloading trixie's libtorch-cuda-dev and its libraries"
+  bash tools/debian_unpack.sh --depends 'libtorch-cuda-[0-9.]*' trixie "main contrib" "$torch" \
+    libtorch-cuda-dev
 fi
 torch_prefix=$torch/usr
 prefix_path=$torch_prefix

@@ -24,20 +24,7 @@ done
 [ -n "$headers" ] || headers=$PWD/build/torch2-headers$([ "$suite" = trixie ] || echo "-$suite")
 
 if [ ! -f "$headers/usr/include/torch/csrc/api/include/torch/version.h" ]; then
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  chmod 777 "$work"
-  mkdir -p "$work/lists/partial"
-  : >"$work/status"  # apt ignores what is installed here (a newer libtorch-dev would win)
-  echo "deb http://deb.debian.org/debian $suite main" >"$work/sources.list"
-  apt_options=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
-               -o "Dir::State::Lists=$work/lists" -o "Dir::State::status=$work/status"
-               -o APT::Architecture=amd64 -q)
-  apt-get "${apt_options[@]}" update >/dev/null
-  (cd "$work" && apt-get "${apt_options[@]}" download libtorch-dev >/dev/null)
-  rm -rf "$headers"
-  mkdir -p "$headers"
-  dpkg -x "$work"/libtorch-dev_*.deb "$headers"
+  bash tools/debian_unpack.sh "$suite" main "$headers" libtorch-dev
 fi
 include=$headers/usr/include
 version_h=$include/torch/csrc/api/include/torch/version.h
