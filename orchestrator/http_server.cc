@@ -113,7 +113,8 @@ class Session : public std::enable_shared_from_this<Session> {
   http::response<http::string_body> Handle(const http::request<http::string_body>& request) {
     const bool head = request.method() == http::verb::head;
     if (request.method() != http::verb::get && !head) return Plain(405, false);
-    auto url = boost::urls::parse_origin_form(std::string_view(request.target().data(), request.target().size()));
+    auto url = boost::urls::parse_origin_form(
+        std::string_view(request.target().data(), request.target().size()));
     if (!url) return Plain(400, head);
     HttpRequest in;
     in.method = head ? "HEAD" : "GET";
