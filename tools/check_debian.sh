@@ -65,7 +65,10 @@ git ls-files -z --cached --others --exclude-standard |
 say "running tools/setup.sh --tests and ctest in the $suite root"
 NODE_EXTRA_CA_CERTS=/etc/host-ca-certificates.crt chroot "$root" bash -c 'cd /src &&
   bash tools/setup.sh --tests &&
-  version=$(sed -n "s/^#define TORCH_VERSION_[A-Z]* \([0-9]*\)$/\1/p" \
-            /usr/include/torch/csrc/api/include/torch/version.h | paste -sd.) &&
+  version_h=/usr/include/torch/csrc/api/include/torch/version.h &&
+  if [ -f /usr/include/torch/headeronly/version.h ]; then
+    version_h=/usr/include/torch/headeronly/version.h  # from some 2.x on
+  fi &&
+  version=$(sed -n "s/^#define TORCH_VERSION_[A-Z]* \([0-9]*\)$/\1/p" "$version_h" | paste -sd.) &&
   echo "check_debian.sh: LibTorch $version, $(g++ --version | head -1)" &&
   ctest --test-dir build --output-on-failure -j "$(nproc)" "$@"' ctest "${ctest_args[@]}"
